@@ -1,0 +1,3 @@
+//! One module per keelctl command.
+
+pub mod validate;

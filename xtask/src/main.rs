@@ -1,0 +1,184 @@
+//! Project automation, rust-analyzer style: `cargo xtask <task>`.
+//!
+//! `test` is what CI runs (`.ci/run`): it installs what the tests need, checks formatting and
+//! lints, builds once and runs every test with cargo-nextest, then prints one summary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", about = "Keel's project automation")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand, Debug)]
+enum Task {
+    /// Install test prerequisites, check format and lints, build once, run every test.
+    Test {
+        /// Skip `cargo fmt --check` and clippy (faster local iterations).
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments passed to `cargo nextest run` (e.g. a test filter).
+        #[arg(last = true)]
+        nextest_args: Vec<String>,
+    },
+    /// Run the local mesh with Bookinfo (not there yet: says what is missing).
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Test {
+            no_lint,
+            nextest_args,
+        } => test(no_lint, &nextest_args),
+        Task::Demo => demo(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask/ sits directly under the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// One step's outcome for the closing summary.
+struct Step {
+    name: &'static str,
+    ok: bool,
+    seconds: f64,
+}
+
+fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
+    let root = workspace_root();
+    check_shared_dir(&root)?;
+    ensure_nextest()?;
+
+    let mut steps = Vec::new();
+    let mut run = |name: &'static str, cmd: &mut Command| -> Result<bool> {
+        eprintln!("xtask: == {name}: {cmd:?}");
+        let started = Instant::now();
+        let status = cmd
+            .current_dir(&root)
+            .status()
+            .with_context(|| format!("could not start {name}"))?;
+        steps.push(Step {
+            name,
+            ok: status.success(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        Ok(status.success())
+    };
+
+    if !no_lint {
+        run("fmt", Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+        run(
+            "clippy",
+            Command::new("cargo").args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--quiet",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+    }
+    // One build of every binary first, so end-to-end tests find them in target/debug.
+    let built = run(
+        "build",
+        Command::new("cargo").args(["build", "--workspace", "--bins", "--quiet"]),
+    )?;
+    if built {
+        run(
+            "tests",
+            Command::new("cargo")
+                .args([
+                    "nextest",
+                    "run",
+                    "--workspace",
+                    "--no-fail-fast",
+                    "--final-status-level",
+                    "fail",
+                ])
+                .args(nextest_args),
+        )?;
+    }
+
+    eprintln!("\nxtask test summary:");
+    for s in &steps {
+        let verdict = if s.ok { "ok" } else { "FAILED" };
+        eprintln!("  {:<8} {:<7} {:>7.1}s", s.name, verdict, s.seconds);
+    }
+    let failed: Vec<_> = steps.iter().filter(|s| !s.ok).map(|s| s.name).collect();
+    if !built {
+        bail!("the build failed; no test ran");
+    }
+    if !failed.is_empty() {
+        bail!("failed steps: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Tests read Istio's reference files from `../shared/` beside the checkout; say so plainly
+/// when it is missing rather than letting dozens of tests fail one by one.
+fn check_shared_dir(root: &Path) -> Result<()> {
+    let shared = std::env::var_os("KEEL_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("../shared"));
+    let samples = shared.join("istio-samples");
+    if !samples.is_dir() {
+        bail!(
+            "{} not found: the tests read Istio's reference files from ../shared/ beside the \
+             checkout (or from $KEEL_SHARED_DIR)",
+            samples.display()
+        );
+    }
+    Ok(())
+}
+
+/// cargo-nextest runs the tests; install it from crates.io when this machine lacks it.
+fn ensure_nextest() -> Result<()> {
+    let present = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if present {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-nextest (not found on this machine)");
+    let status = Command::new("cargo")
+        .args(["install", "cargo-nextest", "--locked"])
+        .status()
+        .context("could not run cargo install")?;
+    if !status.success() {
+        bail!("cargo install cargo-nextest failed");
+    }
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    bail!(
+        "the local mesh (`keelctl up`) is not built yet, so there is no demo to run. \
+         What exists today: `cargo run -p keelctl -- validate -f FILE|DIR|-` checks Istio \
+         configuration the way Keel's control plane will. See README.md for the roadmap."
+    )
+}
