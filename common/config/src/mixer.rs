@@ -149,7 +149,7 @@ impl AttributeManifest {
             if !is_attribute_name(name) {
                 d.error(
                     &p,
-                    format!("\"{name}\" is not a valid attribute name (lowercase words separated by '.' or '-')"),
+                    format!("\"{name}\" is not a valid attribute name (words of letters, digits and '_' separated by '.' or '-', starting lowercase)"),
                 );
             }
             if info.value_type == ValueType::ValueTypeUnspecified {
@@ -159,13 +159,14 @@ impl AttributeManifest {
     }
 }
 
-/// `IDENT{SEP IDENT}`: IDENT `[a-z][a-z0-9_]*`, SEP `.` or `-`.
+/// `IDENT{SEP IDENT}`: IDENT a letter then letters, digits or `_`; SEP `.` or `-`. (Istio's
+/// own manifests use `source.serviceAccount`, so capitals are allowed after the first letter.)
 fn is_attribute_name(name: &str) -> bool {
     !name.is_empty()
         && name.split(['.', '-']).all(|ident| {
             let mut b = ident.bytes();
             matches!(b.next(), Some(c) if c.is_ascii_lowercase())
-                && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+                && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
         })
 }
 
