@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 pub mod cmd;
 
 #[derive(Parser, Debug)]
-#[command(name = "keelctl", version, about = "Keel: Istio's service mesh, in Rust")]
+#[command(
+    name = "keelctl",
+    version,
+    about = "Keel: Istio's service mesh, in Rust"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -26,8 +30,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => {
             let stdout = std::io::stdout();
             let stderr = std::io::stderr();
-            let ok = cmd::validate::run(&args, &mut std::io::stdin().lock(), &mut stdout.lock(), &mut stderr.lock())?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let ok = cmd::validate::run(
+                &args,
+                &mut std::io::stdin().lock(),
+                &mut stdout.lock(),
+                &mut stderr.lock(),
+            )?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

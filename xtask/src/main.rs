@@ -87,7 +87,10 @@ fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
     };
 
     if !no_lint {
-        run("fmt", Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+        run(
+            "fmt",
+            Command::new("cargo").args(["fmt", "--all", "--", "--check"]),
+        )?;
         run(
             "clippy",
             Command::new("cargo").args([

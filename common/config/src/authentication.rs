@@ -16,13 +16,25 @@ pub struct Policy {
     pub targets: Vec<TargetSelector>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerAuthenticationMethod>,
-    #[serde(default, alias = "peer_is_optional", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "peer_is_optional",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub peer_is_optional: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub origins: Vec<OriginAuthenticationMethod>,
-    #[serde(default, alias = "origin_is_optional", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "origin_is_optional",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub origin_is_optional: Option<bool>,
-    #[serde(default, alias = "principal_binding", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "principal_binding",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub principal_binding: Option<PrincipalBinding>,
 }
 
@@ -51,7 +63,9 @@ pub struct PeerAuthenticationMethod {
 }
 
 fn present_even_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MutualTls>, D::Error> {
-    Ok(Some(Option::<MutualTls>::deserialize(d)?.unwrap_or_default()))
+    Ok(Some(
+        Option::<MutualTls>::deserialize(d)?.unwrap_or_default(),
+    ))
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -93,16 +107,28 @@ pub struct Jwt {
     pub jwt_headers: Vec<String>,
     #[serde(default, alias = "jwt_params", skip_serializing_if = "Vec::is_empty")]
     pub jwt_params: Vec<String>,
-    #[serde(default, alias = "trigger_rules", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        alias = "trigger_rules",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub trigger_rules: Vec<TriggerRule>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TriggerRule {
-    #[serde(default, alias = "excluded_paths", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        alias = "excluded_paths",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub excluded_paths: Vec<AuthnStringMatch>,
-    #[serde(default, alias = "included_paths", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        alias = "included_paths",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub included_paths: Vec<AuthnStringMatch>,
 }
 
@@ -140,7 +166,10 @@ impl Policy {
                 );
             }
             if !self.targets.is_empty() {
-                d.error(&spec.key("targets"), "cluster-scoped authentication policy must not have targets");
+                d.error(
+                    &spec.key("targets"),
+                    "cluster-scoped authentication policy must not have targets",
+                );
             }
         } else if self.targets.is_empty() && name != "default" {
             d.error(
@@ -156,14 +185,19 @@ impl Policy {
         for (i, t) in self.targets.iter().enumerate() {
             let p = spec.key("targets").index(i);
             if !is_dns1123_label(&t.name) {
-                d.error(&p.key("name"), format!("target name \"{}\" must be a valid label", t.name));
+                d.error(
+                    &p.key("name"),
+                    format!("target name \"{}\" must be a valid label", t.name),
+                );
             }
             for (j, port) in t.ports.iter().enumerate() {
                 let pp = p.key("ports").index(j);
                 match (&port.number, &port.name) {
                     (Some(n), _) => check_port(d, &pp.key("number"), i64::from(*n)),
                     (None, Some(n)) if is_dns1123_label(n) => {}
-                    (None, Some(n)) => d.error(&pp.key("name"), format!("invalid port name \"{n}\"")),
+                    (None, Some(n)) => {
+                        d.error(&pp.key("name"), format!("invalid port name \"{n}\""))
+                    }
                     (None, None) => d.error(&pp, "port number or name is required"),
                 }
             }
@@ -181,7 +215,12 @@ impl Policy {
             }
         }
         for (i, origin) in self.origins.iter().enumerate() {
-            check_jwt(d, &spec.key("origins").index(i).key("jwt"), &origin.jwt, &mut issuers);
+            check_jwt(
+                d,
+                &spec.key("origins").index(i).key("jwt"),
+                &origin.jwt,
+                &mut issuers,
+            );
         }
     }
 }
@@ -195,26 +234,41 @@ fn check_jwt<'a>(
     if jwt.issuer.is_empty() {
         d.error(&path.key("issuer"), "issuer must be set");
     } else if !issuers.insert(jwt.issuer.as_str()) {
-        d.error(&path.key("issuer"), format!("jwt with issuer \"{}\" already defined", jwt.issuer));
+        d.error(
+            &path.key("issuer"),
+            format!("jwt with issuer \"{}\" already defined", jwt.issuer),
+        );
     }
     for (i, a) in jwt.audiences.iter().enumerate() {
         if a.is_empty() {
-            d.error(&path.key("audiences").index(i), "audience must be non-empty string");
+            d.error(
+                &path.key("audiences").index(i),
+                "audience must be non-empty string",
+            );
         }
     }
     if let Some(uri) = &jwt.jwks_uri
         && !(uri.starts_with("http://") || uri.starts_with("https://"))
     {
-        d.error(&path.key("jwksUri"), format!("URI scheme of \"{uri}\" is not supported (use http or https)"));
+        d.error(
+            &path.key("jwksUri"),
+            format!("URI scheme of \"{uri}\" is not supported (use http or https)"),
+        );
     }
     for (i, h) in jwt.jwt_headers.iter().enumerate() {
         if h.is_empty() {
-            d.error(&path.key("jwtHeaders").index(i), "location header must be non-empty string");
+            d.error(
+                &path.key("jwtHeaders").index(i),
+                "location header must be non-empty string",
+            );
         }
     }
     for (i, h) in jwt.jwt_params.iter().enumerate() {
         if h.is_empty() {
-            d.error(&path.key("jwtParams").index(i), "location query must be non-empty string");
+            d.error(
+                &path.key("jwtParams").index(i),
+                "location query must be non-empty string",
+            );
         }
     }
 }
@@ -317,7 +371,10 @@ impl ServiceRole {
         for (i, r) in self.rules.iter().enumerate() {
             let p = spec.key("rules").index(i);
             if r.services.is_empty() {
-                d.error(&p.key("services"), "at least 1 service must be specified for rule");
+                d.error(
+                    &p.key("services"),
+                    "at least 1 service must be specified for rule",
+                );
             }
             for (j, c) in r.constraints.iter().enumerate() {
                 let cp = p.key("constraints").index(j);
@@ -335,7 +392,10 @@ impl ServiceRole {
 impl ServiceRoleBinding {
     pub fn validate(&self, d: &mut Diagnostics, spec: &FieldPath) {
         if self.subjects.is_empty() {
-            d.error(&spec.key("subjects"), "at least 1 subject must be specified");
+            d.error(
+                &spec.key("subjects"),
+                "at least 1 subject must be specified",
+            );
         }
         for (i, s) in self.subjects.iter().enumerate() {
             if s.user.is_none() && s.group.is_none() && s.properties.is_empty() {
@@ -348,7 +408,10 @@ impl ServiceRoleBinding {
         if self.role_ref.kind != "ServiceRole" {
             d.error(
                 &spec.key("roleRef").key("kind"),
-                format!("kind set to \"{}\", the only supported value is \"ServiceRole\"", self.role_ref.kind),
+                format!(
+                    "kind set to \"{}\", the only supported value is \"ServiceRole\"",
+                    self.role_ref.kind
+                ),
             );
         }
         if self.role_ref.name.is_empty() {
@@ -366,10 +429,16 @@ impl RbacConfig {
             );
         }
         if self.mode == RbacMode::OnWithInclusion && self.inclusion.is_none() {
-            d.error(&spec.key("inclusion"), "inclusion cannot be null (use 'inclusion: {}' for none)");
+            d.error(
+                &spec.key("inclusion"),
+                "inclusion cannot be null (use 'inclusion: {}' for none)",
+            );
         }
         if self.mode == RbacMode::OnWithExclusion && self.exclusion.is_none() {
-            d.error(&spec.key("exclusion"), "exclusion cannot be null (use 'exclusion: {}' for none)");
+            d.error(
+                &spec.key("exclusion"),
+                "exclusion cannot be null (use 'exclusion: {}' for none)",
+            );
         }
     }
 }

@@ -34,7 +34,9 @@ pub enum DurationError {
     Empty,
     #[error("negative durations are not allowed: \"{0}\"")]
     Negative(String),
-    #[error("\"{0}\" is not a duration (expected a number and a unit: ns, us, ms, s, m, h; e.g. \"1.5s\" or \"100ms\")")]
+    #[error(
+        "\"{0}\" is not a duration (expected a number and a unit: ns, us, ms, s, m, h; e.g. \"1.5s\" or \"100ms\")"
+    )]
     Invalid(String),
     #[error("\"{0}\" is too long a duration")]
     Overflow(String),
@@ -111,7 +113,7 @@ impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let nanos = self.0.subsec_nanos();
         let secs = self.0.as_secs();
-        if secs == 0 && nanos != 0 && nanos % 1_000_000 == 0 {
+        if secs == 0 && nanos != 0 && nanos.is_multiple_of(1_000_000) {
             return write!(f, "{}ms", nanos / 1_000_000);
         }
         if nanos == 0 {
@@ -168,7 +170,10 @@ mod tests {
     #[test]
     fn refuses_nonsense() {
         for bad in ["", "7", "s", "1.2.3s", "-1s", "10 seconds", "1d", "abc"] {
-            assert!(bad.parse::<Duration>().is_err(), "{bad:?} should be refused");
+            assert!(
+                bad.parse::<Duration>().is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 
@@ -177,6 +182,9 @@ mod tests {
         assert_eq!(Duration(StdDuration::from_millis(2800)).to_string(), "2.8s");
         assert_eq!(Duration(StdDuration::from_millis(10)).to_string(), "10ms");
         assert_eq!(Duration(StdDuration::from_secs(6)).to_string(), "6s");
-        assert_eq!(Duration(StdDuration::from_micros(1500)).to_string(), "0.0015s");
+        assert_eq!(
+            Duration(StdDuration::from_micros(1500)).to_string(),
+            "0.0015s"
+        );
     }
 }

@@ -139,7 +139,9 @@ kinds! {
 /// Why an `apiVersion`/`kind` pair was not recognised.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum KindError {
-    #[error("kind \"{kind}\" is not served by Keel (apiVersion {api_version}); Keel serves Istio's networking, authentication, rbac and Mixer (config.istio.io) kinds and the Kubernetes kinds {kube}")]
+    #[error(
+        "kind \"{kind}\" is not served by Keel (apiVersion {api_version}); Keel serves Istio's networking, authentication, rbac and Mixer (config.istio.io) kinds and the Kubernetes kinds {kube}"
+    )]
     Unknown {
         kind: String,
         api_version: String,
@@ -155,10 +157,7 @@ pub enum KindError {
 
 impl Kind {
     pub fn info(self) -> &'static KindInfo {
-        KINDS
-            .iter()
-            .find(|i| i.kind == self)
-            .unwrap_or(&KINDS[0])
+        KINDS.iter().find(|i| i.kind == self).unwrap_or(&KINDS[0])
     }
 
     pub fn name(self) -> &'static str {
@@ -188,7 +187,11 @@ impl Kind {
     /// `networking.istio.io/v1alpha3/VirtualService` or `core/v1/Service`.
     pub fn type_url(self) -> String {
         let info = self.info();
-        let group = if info.group.is_empty() { "core" } else { info.group };
+        let group = if info.group.is_empty() {
+            "core"
+        } else {
+            info.group
+        };
         format!("{group}/{}/{}", info.versions[0], info.name)
     }
 
@@ -266,9 +269,18 @@ mod tests {
             Kind::from_api("networking.istio.io/v1alpha3", "VirtualService"),
             Ok(Kind::VirtualService)
         );
-        assert_eq!(Kind::from_api("networking.istio.io/v1", "Gateway"), Ok(Kind::Gateway));
-        assert_eq!(Kind::from_api("config.istio.io/v1alpha2", "metric"), Ok(Kind::Metric));
-        assert_eq!(Kind::from_api("extensions/v1beta1", "Deployment"), Ok(Kind::Deployment));
+        assert_eq!(
+            Kind::from_api("networking.istio.io/v1", "Gateway"),
+            Ok(Kind::Gateway)
+        );
+        assert_eq!(
+            Kind::from_api("config.istio.io/v1alpha2", "metric"),
+            Ok(Kind::Metric)
+        );
+        assert_eq!(
+            Kind::from_api("extensions/v1beta1", "Deployment"),
+            Ok(Kind::Deployment)
+        );
         assert_eq!(Kind::from_api("v1", "Service"), Ok(Kind::Service));
         assert!(matches!(
             Kind::from_api("networking.istio.io/v2", "VirtualService"),

@@ -127,7 +127,8 @@ impl Loader {
         let docs = match yaml::parse_documents(text) {
             Ok(docs) => docs,
             Err(e) => {
-                let mut d = Diagnostic::error(FieldPath::root(), format!("invalid YAML: {}", e.message));
+                let mut d =
+                    Diagnostic::error(FieldPath::root(), format!("invalid YAML: {}", e.message));
                 d.file = Some(file);
                 d.pos = Some(e.pos);
                 self.report.diagnostics.push(d);
@@ -141,7 +142,12 @@ impl Loader {
             };
             let doc = Arc::new(doc);
             if is_list(&doc.value) {
-                let items = doc.value.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+                let items = doc
+                    .value
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 for (j, item) in items.iter().enumerate() {
                     let base = FieldPath::root().key("items").index(j);
                     self.add_document(&origin, &doc, item, base);
@@ -153,10 +159,24 @@ impl Loader {
         }
     }
 
-    fn add_document(&mut self, origin: &Origin, doc: &Arc<YamlDocument>, value: &Value, base: FieldPath) {
+    fn add_document(
+        &mut self,
+        origin: &Origin,
+        doc: &Arc<YamlDocument>,
+        value: &Value,
+        base: FieldPath,
+    ) {
         let (result, diags) = load_document(value, self.default_namespace.as_deref());
-        let label = result.as_ref().ok().map(|r| r.key().to_string()).or_else(|| describe(value));
-        let key = result.as_ref().ok().map(Resource::key).or_else(|| key_of(value));
+        let label = result
+            .as_ref()
+            .ok()
+            .map(|r| r.key().to_string())
+            .or_else(|| describe(value));
+        let key = result
+            .as_ref()
+            .ok()
+            .map(Resource::key)
+            .or_else(|| key_of(value));
         for d in diags {
             let d = Diagnostic {
                 path: join(&base, &d.path),
@@ -236,7 +256,10 @@ fn is_list(v: &Value) -> bool {
 
 fn describe(v: &Value) -> Option<String> {
     let kind = v.get("kind")?.as_str()?;
-    let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("<unnamed>");
+    let name = v
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("<unnamed>");
     match v.pointer("/metadata/namespace").and_then(Value::as_str) {
         Some(ns) => Some(format!("{kind} {ns}/{name}")),
         None => Some(format!("{kind} {name}")),
@@ -247,8 +270,15 @@ fn key_of(v: &Value) -> Option<ResourceKey> {
     let kind = Kind::from_api(v.get("apiVersion")?.as_str()?, v.get("kind")?.as_str()?).ok()?;
     Some(ResourceKey {
         kind,
-        namespace: v.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_owned(),
-        name: v.pointer("/metadata/name").and_then(Value::as_str)?.to_owned(),
+        namespace: v
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        name: v
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)?
+            .to_owned(),
     })
 }
 
@@ -280,7 +310,8 @@ pub(crate) fn deserialize_checked<T: DeserializeOwned>(
                 match seg {
                     serde_path_to_error::Segment::Map { key } => path.push_key(key.clone()),
                     serde_path_to_error::Segment::Seq { index } => path.push_index(*index),
-                    serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+                    serde_path_to_error::Segment::Enum { .. }
+                    | serde_path_to_error::Segment::Unknown => {}
                 }
             }
             d.error(&path, clean_serde_message(&e.into_inner().to_string()));
@@ -306,7 +337,10 @@ fn clean_serde_message(m: &str) -> String {
 }
 
 /// Loads one document value into a resource, or says why not.
-pub fn load_document(value: &Value, default_namespace: Option<&str>) -> (Result<Resource, ()>, Vec<Diagnostic>) {
+pub fn load_document(
+    value: &Value,
+    default_namespace: Option<&str>,
+) -> (Result<Resource, ()>, Vec<Diagnostic>) {
     let mut d = Diagnostics::new();
     let result = load_inner(value, default_namespace, &mut d);
     let failed = d.has_errors();
@@ -317,10 +351,17 @@ pub fn load_document(value: &Value, default_namespace: Option<&str>) -> (Result<
     (result, d.into_vec())
 }
 
-fn load_inner(value: &Value, default_namespace: Option<&str>, d: &mut Diagnostics) -> Option<Resource> {
+fn load_inner(
+    value: &Value,
+    default_namespace: Option<&str>,
+    d: &mut Diagnostics,
+) -> Option<Resource> {
     let root = FieldPath::root();
     let Value::Object(map) = value else {
-        d.error(&root, "a document must be a mapping with apiVersion, kind and metadata");
+        d.error(
+            &root,
+            "a document must be a mapping with apiVersion, kind and metadata",
+        );
         return None;
     };
     let api_version = match map.get("apiVersion") {
@@ -358,7 +399,10 @@ fn load_inner(value: &Value, default_namespace: Option<&str>, d: &mut Diagnostic
         (spec, meta)
     } else {
         for key in map.keys() {
-            if !matches!(key.as_str(), "apiVersion" | "kind" | "metadata" | "spec" | "status") {
+            if !matches!(
+                key.as_str(),
+                "apiVersion" | "kind" | "metadata" | "spec" | "status"
+            ) {
                 d.error(&root.key(key.clone()), format!("unknown field \"{key}\""));
             }
         }
@@ -383,7 +427,12 @@ fn load_inner(value: &Value, default_namespace: Option<&str>, d: &mut Diagnostic
     Some(resource)
 }
 
-fn check_metadata(kind: Kind, m: &mut ObjectMeta, default_namespace: Option<&str>, d: &mut Diagnostics) {
+fn check_metadata(
+    kind: Kind,
+    m: &mut ObjectMeta,
+    default_namespace: Option<&str>,
+    d: &mut Diagnostics,
+) {
     let meta = FieldPath::root().key("metadata");
     match m.name.as_deref() {
         None | Some("") => d.error(&meta.key("name"), "metadata.name is required"),
@@ -395,10 +444,11 @@ fn check_metadata(kind: Kind, m: &mut ObjectMeta, default_namespace: Option<&str
     }
     if kind.is_namespaced() {
         match m.namespace.as_deref() {
-            Some(ns) if !(is_dns1123_label(ns) && ns.bytes().all(|b| !b.is_ascii_uppercase())) => d.error(
-                &meta.key("namespace"),
-                format!("\"{ns}\" is not a valid namespace name"),
-            ),
+            Some(ns) if !(is_dns1123_label(ns) && ns.bytes().all(|b| !b.is_ascii_uppercase())) => d
+                .error(
+                    &meta.key("namespace"),
+                    format!("\"{ns}\" is not a valid namespace name"),
+                ),
             Some(_) => {}
             None => m.namespace = default_namespace.map(str::to_owned),
         }
@@ -498,11 +548,17 @@ fn load_istio(kind: Kind, spec: Option<&Value>, name: &str, d: &mut Diagnostics)
             let Some(t) = g.compiled_template.as_deref() else {
                 d.error(
                     &sp.key("compiledTemplate"),
-                    format!("compiledTemplate is required (Keel runs these templates: {})", Template::NAMES.join(", ")),
+                    format!(
+                        "compiledTemplate is required (Keel runs these templates: {})",
+                        Template::NAMES.join(", ")
+                    ),
                 );
                 return None;
             };
-            let mut params = g.params.clone().unwrap_or(Value::Object(serde_json::Map::new()));
+            let mut params = g
+                .params
+                .clone()
+                .unwrap_or(Value::Object(serde_json::Map::new()));
             if !g.attribute_bindings.is_empty()
                 && let Value::Object(m) = &mut params
             {
@@ -515,7 +571,10 @@ fn load_istio(kind: Kind, spec: Option<&Value>, name: &str, d: &mut Diagnostics)
                 if !Template::NAMES.contains(&t) {
                     d.error(
                         &sp.key("compiledTemplate"),
-                        format!("unknown template \"{t}\" (Keel runs: {})", Template::NAMES.join(", ")),
+                        format!(
+                            "unknown template \"{t}\" (Keel runs: {})",
+                            Template::NAMES.join(", ")
+                        ),
                     );
                 }
                 None
@@ -527,16 +586,25 @@ fn load_istio(kind: Kind, spec: Option<&Value>, name: &str, d: &mut Diagnostics)
             let Some(a) = g.compiled_adapter.as_deref() else {
                 d.error(
                     &sp.key("compiledAdapter"),
-                    format!("compiledAdapter is required (Keel runs these adapters: {})", Adapter::NAMES.join(", ")),
+                    format!(
+                        "compiledAdapter is required (Keel runs these adapters: {})",
+                        Adapter::NAMES.join(", ")
+                    ),
                 );
                 return None;
             };
-            let params = g.params.clone().unwrap_or(Value::Object(serde_json::Map::new()));
+            let params = g
+                .params
+                .clone()
+                .unwrap_or(Value::Object(serde_json::Map::new()));
             let adapter = adapter_from(a, &params, &sp.key("params"), d).or_else(|| {
                 if !Adapter::NAMES.contains(&a) {
                     d.error(
                         &sp.key("compiledAdapter"),
-                        format!("unknown adapter \"{a}\" (Keel runs: {})", Adapter::NAMES.join(", ")),
+                        format!(
+                            "unknown adapter \"{a}\" (Keel runs: {})",
+                            Adapter::NAMES.join(", ")
+                        ),
                     );
                 }
                 None
@@ -549,7 +617,10 @@ fn load_istio(kind: Kind, spec: Option<&Value>, name: &str, d: &mut Diagnostics)
             } else if let Some(a) = adapter_name(k) {
                 Spec::Handler(adapter_from(a, &v, &sp, d)?)
             } else {
-                d.error(&FieldPath::root().key("kind"), format!("{k} is not an Istio kind"));
+                d.error(
+                    &FieldPath::root().key("kind"),
+                    format!("{k} is not an Istio kind"),
+                );
                 return None;
             }
         }
@@ -637,9 +708,15 @@ fn load_kubernetes(kind: Kind, value: &Value, d: &mut Diagnostics) -> Option<(Sp
         map.insert("apiVersion".to_owned(), Value::String("apps/v1".to_owned()));
         if let Some(Value::Object(spec)) = map.get_mut("spec")
             && !spec.contains_key("selector")
-            && let Some(labels) = spec.get("template").and_then(|t| t.pointer("/metadata/labels")).cloned()
+            && let Some(labels) = spec
+                .get("template")
+                .and_then(|t| t.pointer("/metadata/labels"))
+                .cloned()
         {
-            spec.insert("selector".to_owned(), serde_json::json!({ "matchLabels": labels }));
+            spec.insert(
+                "selector".to_owned(),
+                serde_json::json!({ "matchLabels": labels }),
+            );
         }
     }
     macro_rules! typed {
@@ -684,7 +761,10 @@ fn check_service(d: &mut Diagnostics, s: &Service) {
                 d.error(&p.key("name"), format!("duplicate port name \"{name}\""));
             }
         } else if ports.len() > 1 {
-            d.error(&p.key("name"), "port name is required when a service has more than one port");
+            d.error(
+                &p.key("name"),
+                "port name is required when a service has more than one port",
+            );
         }
     }
     if let Some(sel) = &spec.selector {
@@ -695,7 +775,12 @@ fn check_service(d: &mut Diagnostics, s: &Service) {
 fn check_deployment(d: &mut Diagnostics, dep: &Deployment) {
     let Some(spec) = &dep.spec else { return };
     let sp = FieldPath::root().key("spec");
-    let labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
     if let Some(ml) = &spec.selector.match_labels {
         for (k, v) in ml {
             if labels.get(k) != Some(v) {
@@ -711,7 +796,12 @@ fn check_deployment(d: &mut Diagnostics, dep: &Deployment) {
     {
         d.error(&sp.key("replicas"), "replicas must be non-negative");
     }
-    let containers = spec.template.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+    let containers = spec
+        .template
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
     let cp = sp.key("template").key("spec").key("containers");
     if containers.is_empty() {
         d.error(&cp, "a pod template needs at least one container");
@@ -754,7 +844,16 @@ pub fn cross_check(resources: &[Resource]) -> Vec<(usize, Diagnostic)> {
             Spec::Instance(_) | Spec::Handler(_) => {
                 mixer_names.insert(r.mixer_fqn());
                 // 1.1 generic kinds are referred to by name alone.
-                mixer_names.insert(format!("{}.{}.{}", r.name(), if matches!(r.spec, Spec::Instance(_)) { "instance" } else { "handler" }, r.namespace()));
+                mixer_names.insert(format!(
+                    "{}.{}.{}",
+                    r.name(),
+                    if matches!(r.spec, Spec::Instance(_)) {
+                        "instance"
+                    } else {
+                        "handler"
+                    },
+                    r.namespace()
+                ));
             }
             _ => {}
         }
@@ -769,17 +868,38 @@ pub fn cross_check(resources: &[Resource]) -> Vec<(usize, Diagnostic)> {
                 let mut dests = Vec::new();
                 for (h, route) in vs.http.iter().enumerate() {
                     for (j, d) in route.route.iter().enumerate() {
-                        dests.push((sp.key("http").index(h).key("route").index(j).key("destination"), &d.destination));
+                        dests.push((
+                            sp.key("http")
+                                .index(h)
+                                .key("route")
+                                .index(j)
+                                .key("destination"),
+                            &d.destination,
+                        ));
                     }
                 }
                 for (h, route) in vs.tcp.iter().enumerate() {
                     for (j, d) in route.route.iter().enumerate() {
-                        dests.push((sp.key("tcp").index(h).key("route").index(j).key("destination"), &d.destination));
+                        dests.push((
+                            sp.key("tcp")
+                                .index(h)
+                                .key("route")
+                                .index(j)
+                                .key("destination"),
+                            &d.destination,
+                        ));
                     }
                 }
                 for (h, route) in vs.tls.iter().enumerate() {
                     for (j, d) in route.route.iter().enumerate() {
-                        dests.push((sp.key("tls").index(h).key("route").index(j).key("destination"), &d.destination));
+                        dests.push((
+                            sp.key("tls")
+                                .index(h)
+                                .key("route")
+                                .index(j)
+                                .key("destination"),
+                            &d.destination,
+                        ));
                     }
                 }
                 if has_drs {
@@ -813,7 +933,9 @@ pub fn cross_check(resources: &[Resource]) -> Vec<(usize, Diagnostic)> {
                         let full = match gw.split_once('/') {
                             Some((ns, name)) => format!("{ns}/{name}"),
                             None => match gw.split_once('.') {
-                                Some((name, rest)) => format!("{}/{name}", rest.split('.').next().unwrap_or("")),
+                                Some((name, rest)) => {
+                                    format!("{}/{name}", rest.split('.').next().unwrap_or(""))
+                                }
                                 None => format!("{}/{gw}", r.namespace()),
                             },
                         };
@@ -836,14 +958,20 @@ pub fn cross_check(resources: &[Resource]) -> Vec<(usize, Diagnostic)> {
                     if !mixer_ref_found(&action.handler, "handler", r.namespace(), &mixer_names) {
                         out.push((
                             i,
-                            Diagnostic::warning(ap.key("handler"), format!("handler \"{}\" is not defined here", action.handler)),
+                            Diagnostic::warning(
+                                ap.key("handler"),
+                                format!("handler \"{}\" is not defined here", action.handler),
+                            ),
                         ));
                     }
                     for (j, inst) in action.instances.iter().enumerate() {
                         if !mixer_ref_found(inst, "instance", r.namespace(), &mixer_names) {
                             out.push((
                                 i,
-                                Diagnostic::warning(ap.key("instances").index(j), format!("instance \"{inst}\" is not defined here")),
+                                Diagnostic::warning(
+                                    ap.key("instances").index(j),
+                                    format!("instance \"{inst}\" is not defined here"),
+                                ),
                             ));
                         }
                     }
@@ -857,12 +985,18 @@ pub fn cross_check(resources: &[Resource]) -> Vec<(usize, Diagnostic)> {
 
 /// Mixer's reference resolution: `a.b.c` as is; `a` as `a.KIND.ns`; `a.b` as `a.b.ns` (old
 /// style, b is the kind) or `a.KIND.b` (new style, b is the namespace).
-fn mixer_ref_found(reference: &str, generic: &str, ns: &str, names: &std::collections::HashSet<String>) -> bool {
+fn mixer_ref_found(
+    reference: &str,
+    generic: &str,
+    ns: &str,
+    names: &std::collections::HashSet<String>,
+) -> bool {
     let parts: Vec<&str> = reference.split('.').collect();
     match parts.as_slice() {
         [a] => names.contains(&format!("{a}.{generic}.{ns}")),
         [a, b] => {
-            names.contains(&format!("{a}.{b}.{ns}")) || names.contains(&format!("{a}.{generic}.{b}"))
+            names.contains(&format!("{a}.{b}.{ns}"))
+                || names.contains(&format!("{a}.{generic}.{b}"))
         }
         _ => names.contains(reference),
     }

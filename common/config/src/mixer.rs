@@ -79,7 +79,10 @@ impl Rule {
         if let Some(m) = &self.r#match
             && m.trim().is_empty()
         {
-            d.error(&spec.key("match"), "match must not be blank (omit it to match everything)");
+            d.error(
+                &spec.key("match"),
+                "match must not be blank (omit it to match everything)",
+            );
         }
         for (i, a) in self.actions.iter().enumerate() {
             let p = spec.key("actions").index(i);
@@ -92,9 +95,15 @@ impl Rule {
             let mut seen = std::collections::HashSet::new();
             for (j, inst) in a.instances.iter().enumerate() {
                 if inst.is_empty() {
-                    d.error(&p.key("instances").index(j), "instance name cannot be empty");
+                    d.error(
+                        &p.key("instances").index(j),
+                        "instance name cannot be empty",
+                    );
                 } else if !seen.insert(inst) {
-                    d.error(&p.key("instances").index(j), format!("duplicate instance \"{inst}\""));
+                    d.error(
+                        &p.key("instances").index(j),
+                        format!("duplicate instance \"{inst}\""),
+                    );
                 }
             }
         }
@@ -179,7 +188,11 @@ pub struct Metric {
     pub value: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub dimensions: Exprs,
-    #[serde(default, alias = "monitored_resource_type", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "monitored_resource_type",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub monitored_resource_type: Option<String>,
     #[serde(
         default,
@@ -198,7 +211,11 @@ pub struct LogEntry {
     pub timestamp: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub severity: Option<String>,
-    #[serde(default, alias = "monitored_resource_type", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "monitored_resource_type",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub monitored_resource_type: Option<String>,
     #[serde(
         default,
@@ -233,7 +250,11 @@ pub struct TraceSpan {
     pub trace_id: String,
     #[serde(default, alias = "span_id", skip_serializing_if = "Option::is_none")]
     pub span_id: Option<String>,
-    #[serde(default, alias = "parent_span_id", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "parent_span_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub parent_span_id: Option<String>,
     #[serde(default, alias = "span_name")]
     pub span_name: String,
@@ -241,11 +262,23 @@ pub struct TraceSpan {
     pub start_time: String,
     #[serde(default, alias = "end_time")]
     pub end_time: String,
-    #[serde(default, alias = "span_tags", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        alias = "span_tags",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub span_tags: Exprs,
-    #[serde(default, rename = "httpStatusCode", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "httpStatusCode",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub http_status_code: Option<String>,
-    #[serde(default, alias = "client_span", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "client_span",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_span: Option<String>,
     #[serde(
         default,
@@ -253,23 +286,55 @@ pub struct TraceSpan {
         skip_serializing_if = "Option::is_none"
     )]
     pub rewrite_client_span_id: Option<String>,
-    #[serde(default, alias = "source_name", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "source_name",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub source_name: Option<String>,
     #[serde(default, alias = "source_ip", skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<String>,
-    #[serde(default, alias = "destination_name", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "destination_name",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub destination_name: Option<String>,
-    #[serde(default, alias = "destination_ip", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "destination_ip",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub destination_ip: Option<String>,
-    #[serde(default, alias = "request_size", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "request_size",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub request_size: Option<String>,
-    #[serde(default, alias = "request_total_size", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "request_total_size",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub request_total_size: Option<String>,
-    #[serde(default, alias = "response_size", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "response_size",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub response_size: Option<String>,
-    #[serde(default, alias = "response_total_size", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "response_total_size",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub response_total_size: Option<String>,
-    #[serde(default, alias = "api_protocol", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "api_protocol",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub api_protocol: Option<String>,
 }
 
@@ -281,13 +346,29 @@ pub struct KubernetesTemplate {
     pub source_uid: Option<String>,
     #[serde(default, alias = "source_ip", skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<String>,
-    #[serde(default, alias = "destination_uid", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "destination_uid",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub destination_uid: Option<String>,
-    #[serde(default, alias = "destination_ip", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "destination_ip",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub destination_ip: Option<String>,
-    #[serde(default, alias = "destination_port", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "destination_port",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub destination_port: Option<String>,
-    #[serde(default, alias = "attribute_bindings", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        alias = "attribute_bindings",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub attribute_bindings: Exprs,
 }
 
@@ -394,13 +475,21 @@ impl Template {
 pub struct GenericInstance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(default, alias = "compiled_template", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "compiled_template",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub compiled_template: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<serde_json::Value>,
-    #[serde(default, alias = "attribute_bindings", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        alias = "attribute_bindings",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub attribute_bindings: Exprs,
 }
 
@@ -451,11 +540,23 @@ pub enum MetricKind {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BucketsDefinition {
-    #[serde(default, alias = "linear_buckets", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "linear_buckets",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub linear_buckets: Option<LinearBuckets>,
-    #[serde(default, alias = "exponential_buckets", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "exponential_buckets",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub exponential_buckets: Option<ExponentialBuckets>,
-    #[serde(default, alias = "explicit_buckets", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "explicit_buckets",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub explicit_buckets: Option<ExplicitBuckets>,
 }
 
@@ -526,15 +627,35 @@ pub struct StdioParams {
     #[serde(default, alias = "log_stream", skip_serializing_if = "Option::is_none")]
     pub log_stream: Option<LogStream>,
     /// Severity string -> level number (0 info, 1 warning, 2 error); numbers only, as 1.0.
-    #[serde(default, alias = "severity_levels", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        alias = "severity_levels",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub severity_levels: BTreeMap<String, i64>,
-    #[serde(default, alias = "metric_level", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "metric_level",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub metric_level: Option<Level>,
-    #[serde(default, alias = "output_as_json", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "output_as_json",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub output_as_json: Option<bool>,
-    #[serde(default, alias = "output_level", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "output_level",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub output_level: Option<Level>,
-    #[serde(default, alias = "output_path", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "output_path",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub output_path: Option<String>,
     #[serde(
         default,
@@ -548,7 +669,11 @@ pub struct StdioParams {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_days_before_rotation: Option<i64>,
-    #[serde(default, alias = "max_rotated_files", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "max_rotated_files",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_rotated_files: Option<i64>,
 }
 
@@ -557,11 +682,23 @@ pub struct StdioParams {
 pub struct FluentdParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    #[serde(default, alias = "integer_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "integer_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub integer_duration: Option<bool>,
-    #[serde(default, alias = "instance_buffer_size", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "instance_buffer_size",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub instance_buffer_size: Option<i64>,
-    #[serde(default, alias = "max_batch_size_bytes", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "max_batch_size_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_batch_size_bytes: Option<i64>,
     #[serde(
         default,
@@ -582,9 +719,17 @@ pub struct FluentdParams {
 pub struct DenierParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<RpcStatus>,
-    #[serde(default, alias = "valid_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "valid_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub valid_duration: Option<Duration>,
-    #[serde(default, alias = "valid_use_count", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "valid_use_count",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub valid_use_count: Option<i64>,
 }
 
@@ -613,15 +758,31 @@ pub enum ListEntryType {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ListCheckerParams {
-    #[serde(default, alias = "provider_url", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "provider_url",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub provider_url: Option<String>,
-    #[serde(default, alias = "refresh_interval", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "refresh_interval",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub refresh_interval: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Duration>,
-    #[serde(default, alias = "caching_interval", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "caching_interval",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub caching_interval: Option<Duration>,
-    #[serde(default, alias = "caching_use_count", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "caching_use_count",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub caching_use_count: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overrides: Vec<String>,
@@ -651,7 +812,11 @@ pub struct QuotaLimit {
     pub name: String,
     #[serde(default, alias = "max_amount")]
     pub max_amount: i64,
-    #[serde(default, alias = "valid_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "valid_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub valid_duration: Option<Duration>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overrides: Vec<QuotaOverride>,
@@ -664,16 +829,28 @@ pub struct QuotaOverride {
     pub dimensions: BTreeMap<String, String>,
     #[serde(default, alias = "max_amount")]
     pub max_amount: i64,
-    #[serde(default, alias = "valid_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "valid_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub valid_duration: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KubernetesEnvParams {
-    #[serde(default, alias = "kubeconfig_path", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "kubeconfig_path",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub kubeconfig_path: Option<String>,
-    #[serde(default, alias = "cache_refresh_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "cache_refresh_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cache_refresh_duration: Option<Duration>,
     #[serde(
         default,
@@ -686,9 +863,17 @@ pub struct KubernetesEnvParams {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RbacParams {
-    #[serde(default, alias = "config_store_url", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "config_store_url",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub config_store_url: Option<String>,
-    #[serde(default, alias = "cache_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "cache_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cache_duration: Option<Duration>,
 }
 
@@ -757,17 +942,25 @@ impl Adapter {
                         );
                     }
                 }
-                let to_file = matches!(s.log_stream, Some(LogStream::File | LogStream::RotatedFile));
+                let to_file =
+                    matches!(s.log_stream, Some(LogStream::File | LogStream::RotatedFile));
                 match (&s.output_path, to_file) {
-                    (None, true) => d.error(&p.key("outputPath"), "outputPath is required for FILE and ROTATED_FILE streams"),
-                    (Some(_), false) => d.error(&p.key("outputPath"), "outputPath is only used with FILE and ROTATED_FILE streams"),
+                    (None, true) => d.error(
+                        &p.key("outputPath"),
+                        "outputPath is required for FILE and ROTATED_FILE streams",
+                    ),
+                    (Some(_), false) => d.error(
+                        &p.key("outputPath"),
+                        "outputPath is only used with FILE and ROTATED_FILE streams",
+                    ),
                     _ => {}
                 }
             }
             Adapter::Fluentd(f) => {
                 if let Some(addr) = &f.address {
                     match addr.rsplit_once(':') {
-                        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+                        Some((host, port))
+                            if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
                         _ => d.error(
                             &p.key("address"),
                             format!("\"{addr}\" is not a host:port address"),
@@ -825,7 +1018,10 @@ impl Adapter {
                     }
                     for (j, o) in q.overrides.iter().enumerate() {
                         if o.max_amount < 0 {
-                            d.error(&qp.key("overrides").index(j).key("maxAmount"), "maxAmount must be non-negative");
+                            d.error(
+                                &qp.key("overrides").index(j).key("maxAmount"),
+                                "maxAmount must be non-negative",
+                            );
                         }
                     }
                 }
@@ -844,31 +1040,50 @@ fn validate_prometheus(d: &mut Diagnostics, p: &FieldPath, params: &PrometheusPa
         } else if m.instance_name.split('.').count() < 3 {
             d.error(
                 &mp.key("instanceName"),
-                format!("instance_name \"{}\" must be fully qualified: NAME.KIND.NAMESPACE", m.instance_name),
+                format!(
+                    "instance_name \"{}\" must be fully qualified: NAME.KIND.NAMESPACE",
+                    m.instance_name
+                ),
             );
         }
         if !m.name.is_empty() {
             if !is_prometheus_name(&m.name) {
-                d.error(&mp.key("name"), format!("\"{}\" is not a valid Prometheus metric name", m.name));
+                d.error(
+                    &mp.key("name"),
+                    format!("\"{}\" is not a valid Prometheus metric name", m.name),
+                );
             }
             if !names.insert(m.name.as_str()) {
-                d.error(&mp.key("name"), format!("duplicate metric name \"{}\"", m.name));
+                d.error(
+                    &mp.key("name"),
+                    format!("duplicate metric name \"{}\"", m.name),
+                );
             }
         }
         if m.kind == MetricKind::Unspecified {
-            d.error(&mp.key("kind"), "kind is required: GAUGE, COUNTER or DISTRIBUTION");
+            d.error(
+                &mp.key("kind"),
+                "kind is required: GAUGE, COUNTER or DISTRIBUTION",
+            );
         }
         for (j, l) in m.label_names.iter().enumerate() {
             if !is_prometheus_name(l) || l.contains(':') {
-                d.error(&mp.key("labelNames").index(j), format!("\"{l}\" is not a valid Prometheus label name"));
+                d.error(
+                    &mp.key("labelNames").index(j),
+                    format!("\"{l}\" is not a valid Prometheus label name"),
+                );
             }
         }
         if let Some(b) = &m.buckets {
             let bp = mp.key("buckets");
-            let set = [b.linear_buckets.is_some(), b.exponential_buckets.is_some(), b.explicit_buckets.is_some()]
-                .iter()
-                .filter(|x| **x)
-                .count();
+            let set = [
+                b.linear_buckets.is_some(),
+                b.exponential_buckets.is_some(),
+                b.explicit_buckets.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count();
             if set != 1 {
                 d.error(&bp, "exactly one of linearBuckets, exponentialBuckets or explicitBuckets is required");
             }
@@ -877,29 +1092,50 @@ fn validate_prometheus(d: &mut Diagnostics, p: &FieldPath, params: &PrometheusPa
             }
             if let Some(l) = &b.linear_buckets {
                 if l.num_finite_buckets <= 0 {
-                    d.error(&bp.key("linearBuckets").key("numFiniteBuckets"), "numFiniteBuckets must be positive");
+                    d.error(
+                        &bp.key("linearBuckets").key("numFiniteBuckets"),
+                        "numFiniteBuckets must be positive",
+                    );
                 }
                 if l.width <= 0.0 {
-                    d.error(&bp.key("linearBuckets").key("width"), "width must be positive");
+                    d.error(
+                        &bp.key("linearBuckets").key("width"),
+                        "width must be positive",
+                    );
                 }
             }
             if let Some(e) = &b.exponential_buckets {
                 if e.num_finite_buckets <= 0 {
-                    d.error(&bp.key("exponentialBuckets").key("numFiniteBuckets"), "numFiniteBuckets must be positive");
+                    d.error(
+                        &bp.key("exponentialBuckets").key("numFiniteBuckets"),
+                        "numFiniteBuckets must be positive",
+                    );
                 }
                 if e.growth_factor <= 1.0 {
-                    d.error(&bp.key("exponentialBuckets").key("growthFactor"), "growthFactor must be greater than 1");
+                    d.error(
+                        &bp.key("exponentialBuckets").key("growthFactor"),
+                        "growthFactor must be greater than 1",
+                    );
                 }
                 if e.scale <= 0.0 {
-                    d.error(&bp.key("exponentialBuckets").key("scale"), "scale must be positive");
+                    d.error(
+                        &bp.key("exponentialBuckets").key("scale"),
+                        "scale must be positive",
+                    );
                 }
             }
             if let Some(x) = &b.explicit_buckets {
                 if x.bounds.is_empty() {
-                    d.error(&bp.key("explicitBuckets").key("bounds"), "bounds must not be empty");
+                    d.error(
+                        &bp.key("explicitBuckets").key("bounds"),
+                        "bounds must not be empty",
+                    );
                 }
                 if x.bounds.windows(2).any(|w| w[1] <= w[0]) {
-                    d.error(&bp.key("explicitBuckets").key("bounds"), "bounds must increase strictly");
+                    d.error(
+                        &bp.key("explicitBuckets").key("bounds"),
+                        "bounds must increase strictly",
+                    );
                 }
             }
         }
@@ -918,7 +1154,11 @@ fn is_prometheus_name(s: &str) -> bool {
 pub struct GenericHandler {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(default, alias = "compiled_adapter", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "compiled_adapter",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub compiled_adapter: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<String>,
@@ -998,19 +1238,31 @@ pub struct IstioService {
 impl QuotaSpec {
     pub fn validate(&self, d: &mut Diagnostics, spec: &FieldPath) {
         if self.rules.is_empty() {
-            d.error(&spec.key("rules"), "a quota spec must have at least one rule");
+            d.error(
+                &spec.key("rules"),
+                "a quota spec must have at least one rule",
+            );
         }
         for (i, r) in self.rules.iter().enumerate() {
             let p = spec.key("rules").index(i);
             if r.quotas.is_empty() {
-                d.error(&p.key("quotas"), "a quota rule must have at least one quota");
+                d.error(
+                    &p.key("quotas"),
+                    "a quota rule must have at least one quota",
+                );
             }
             for (j, q) in r.quotas.iter().enumerate() {
                 if q.quota.is_empty() {
-                    d.error(&p.key("quotas").index(j).key("quota"), "quota name is required");
+                    d.error(
+                        &p.key("quotas").index(j).key("quota"),
+                        "quota name is required",
+                    );
                 }
                 if q.charge <= 0 {
-                    d.error(&p.key("quotas").index(j).key("charge"), "charge must be positive");
+                    d.error(
+                        &p.key("quotas").index(j).key("charge"),
+                        "charge must be positive",
+                    );
                 }
             }
         }
@@ -1020,24 +1272,36 @@ impl QuotaSpec {
 impl QuotaSpecBinding {
     pub fn validate(&self, d: &mut Diagnostics, spec: &FieldPath) {
         if self.services.is_empty() {
-            d.error(&spec.key("services"), "a quota spec binding must name at least one service");
+            d.error(
+                &spec.key("services"),
+                "a quota spec binding must name at least one service",
+            );
         }
         if self.quota_specs.is_empty() {
-            d.error(&spec.key("quotaSpecs"), "a quota spec binding must name at least one quota spec");
+            d.error(
+                &spec.key("quotaSpecs"),
+                "a quota spec binding must name at least one quota spec",
+            );
         }
         for (i, s) in self.services.iter().enumerate() {
             let p = spec.key("services").index(i);
             match (&s.name, &s.service) {
-                (Some(_), Some(_)) | (None, None) => d.error(&p, "exactly one of name or service is required"),
-                (None, Some(_)) if s.namespace.is_some() || s.domain.is_some() => {
-                    d.error(&p, "namespace and domain cannot be set together with service")
+                (Some(_), Some(_)) | (None, None) => {
+                    d.error(&p, "exactly one of name or service is required")
                 }
+                (None, Some(_)) if s.namespace.is_some() || s.domain.is_some() => d.error(
+                    &p,
+                    "namespace and domain cannot be set together with service",
+                ),
                 _ => {}
             }
         }
         for (i, q) in self.quota_specs.iter().enumerate() {
             if q.name.is_empty() {
-                d.error(&spec.key("quotaSpecs").index(i).key("name"), "name is required");
+                d.error(
+                    &spec.key("quotaSpecs").index(i).key("name"),
+                    "name is required",
+                );
             }
         }
     }

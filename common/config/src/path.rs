@@ -171,8 +171,14 @@ mod tests {
     #[test]
     fn normalizes_snake_case_keys() {
         assert_eq!(lower_camel("instance_name"), "instanceName");
-        assert_eq!(lower_camel("http1_max_pending_requests"), "http1MaxPendingRequests");
-        assert_eq!(lower_camel("consecutive_5xx_errors"), "consecutive5xxErrors");
+        assert_eq!(
+            lower_camel("http1_max_pending_requests"),
+            "http1MaxPendingRequests"
+        );
+        assert_eq!(
+            lower_camel("consecutive_5xx_errors"),
+            "consecutive5xxErrors"
+        );
         assert_eq!(lower_camel("outputAsJson"), "outputAsJson");
         let p = FieldPath::parse("spec.metrics[0].label_names");
         assert_eq!(p.normalized(), "spec.metrics[0].labelNames");

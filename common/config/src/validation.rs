@@ -21,9 +21,8 @@ pub fn is_dns1123_label(s: &str) -> bool {
 pub fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s.split('.').all(|l| {
-            is_dns1123_label(l) && l.bytes().all(|c| !c.is_ascii_uppercase())
-        })
+        && s.split('.')
+            .all(|l| is_dns1123_label(l) && l.bytes().all(|c| !c.is_ascii_uppercase()))
 }
 
 /// A fully qualified domain name (or a short name: one label is fine).
@@ -36,7 +35,9 @@ pub fn validate_fqdn(s: &str) -> Result<(), String> {
     }
     for label in s.split('.') {
         if !is_dns1123_label(label) {
-            return Err(format!("domain name \"{s}\" invalid (label \"{label}\" invalid)"));
+            return Err(format!(
+                "domain name \"{s}\" invalid (label \"{label}\" invalid)"
+            ));
         }
     }
     Ok(())
@@ -63,11 +64,16 @@ pub fn validate_wildcard_domain(s: &str) -> Result<(), String> {
         None => is_dns1123_label(first),
     };
     if !first_ok {
-        return Err(format!("domain name \"{s}\" invalid (label \"{first}\" invalid)"));
+        return Err(format!(
+            "domain name \"{s}\" invalid (label \"{first}\" invalid)"
+        ));
     }
     if let Some(rest) = rest {
         validate_fqdn(rest).map_err(|_| {
-            let bad = rest.split('.').find(|l| !is_dns1123_label(l)).unwrap_or(rest);
+            let bad = rest
+                .split('.')
+                .find(|l| !is_dns1123_label(l))
+                .unwrap_or(rest);
             format!("domain name \"{s}\" invalid (label \"{bad}\" invalid)")
         })?;
     }
@@ -115,7 +121,10 @@ pub fn check_labels(d: &mut Diagnostics, path: &FieldPath, labels: &BTreeMap<Str
 
 pub fn check_port(d: &mut Diagnostics, path: &FieldPath, n: i64) {
     if !(1..=65535).contains(&n) {
-        d.error(path, format!("port number {n} must be in the range 1..65535"));
+        d.error(
+            path,
+            format!("port number {n} must be in the range 1..65535"),
+        );
     }
 }
 

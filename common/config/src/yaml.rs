@@ -248,6 +248,8 @@ impl MarkedEventReceiver for Builder {
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
+                // The document is placed at its first scalar (the first key of a mapping):
+                // collection start marks point past the indicator, not at the content.
                 self.doc_start.get_or_insert(pos);
                 let value = match resolve_scalar(&text, style, tag.as_ref()) {
                     Ok(v) => v,
@@ -266,7 +268,6 @@ impl MarkedEventReceiver for Builder {
                 self.place(value, pos, false);
             }
             Event::SequenceStart(anchor, _) => {
-                self.doc_start.get_or_insert(pos);
                 self.open(
                     Frame::Seq {
                         items: Vec::new(),
@@ -277,7 +278,6 @@ impl MarkedEventReceiver for Builder {
                 );
             }
             Event::MappingStart(anchor, _) => {
-                self.doc_start.get_or_insert(pos);
                 self.open(
                     Frame::Map {
                         map: Map::new(),
@@ -420,8 +420,12 @@ value: \"2\"
 
     #[test]
     fn reads_json() {
-        let docs = parse_documents(r#"{"kind": "X", "spec": {"hosts": ["a", "b"], "n": 3}}"#).unwrap();
-        assert_eq!(docs[0].value, json!({"kind": "X", "spec": {"hosts": ["a", "b"], "n": 3}}));
+        let docs =
+            parse_documents(r#"{"kind": "X", "spec": {"hosts": ["a", "b"], "n": 3}}"#).unwrap();
+        assert_eq!(
+            docs[0].value,
+            json!({"kind": "X", "spec": {"hosts": ["a", "b"], "n": 3}})
+        );
     }
 
     #[test]
@@ -436,7 +440,11 @@ value: \"2\"
     fn refuses_duplicate_keys() {
         let err = parse_documents("spec:\n  hosts: [a]\n  hosts: [b]\n").unwrap_err();
         assert_eq!(err.pos.line, 3);
-        assert!(err.message.contains("duplicate key \"hosts\""), "{}", err.message);
+        assert!(
+            err.message.contains("duplicate key \"hosts\""),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

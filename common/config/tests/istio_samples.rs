@@ -3,6 +3,8 @@
 //! validates. The few exceptions are listed below with their reasons, and each must still
 //! occur (so the list cannot go stale).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -17,7 +19,10 @@ fn shared_dir() -> PathBuf {
 
 /// Whole files that are not configuration.
 const FILE_EXCEPTIONS: &[(&str, &str)] = &[
-    ("samples/bookinfo/swagger.yaml", "an OpenAPI description of productpage, not a Kubernetes object"),
+    (
+        "samples/bookinfo/swagger.yaml",
+        "an OpenAPI description of productpage, not a Kubernetes object",
+    ),
     (
         "mixer/testdata/config/metrictemplate.yaml",
         "a git symlink stored as its target path text, not YAML content",
@@ -37,10 +42,22 @@ const KIND_EXCEPTIONS: &[(&str, &str)] = &[
     ),
     ("Certificate", "cert-manager's API, not Istio's"),
     ("ClusterIssuer", "cert-manager's API, not Istio's"),
-    ("EnvoyFilter", "raw Envoy configuration patches (post-1.0 API) are not supported"),
-    ("HTTPRoute", "the Kubernetes Gateway API (gateway.networking.k8s.io) came after Istio 1.0"),
-    ("Gateway", "the Kubernetes Gateway API's Gateway (gateway.networking.k8s.io), not Istio's"),
-    ("Ingress", "Kubernetes Ingress objects are not read by Keel; Istio's Gateway replaces them"),
+    (
+        "EnvoyFilter",
+        "raw Envoy configuration patches (post-1.0 API) are not supported",
+    ),
+    (
+        "HTTPRoute",
+        "the Kubernetes Gateway API (gateway.networking.k8s.io) came after Istio 1.0",
+    ),
+    (
+        "Gateway",
+        "the Kubernetes Gateway API's Gateway (gateway.networking.k8s.io), not Istio's",
+    ),
+    (
+        "Ingress",
+        "Kubernetes Ingress objects are not read by Keel; Istio's Gateway replaces them",
+    ),
 ];
 
 /// Renders the one Helm template among the samples the way `helm template` would for the
@@ -84,7 +101,11 @@ fn every_istio_sample_loads_and_validates() {
     let mut files = Vec::new();
     yaml_files(&root, &mut files);
     files.sort();
-    assert!(files.len() > 100, "expected the whole sample tree, found {} files", files.len());
+    assert!(
+        files.len() > 100,
+        "expected the whole sample tree, found {} files",
+        files.len()
+    );
 
     let mut file_exceptions_hit = BTreeMap::new();
     let mut kind_exceptions_hit: BTreeMap<&str, usize> = BTreeMap::new();
@@ -92,8 +113,15 @@ fn every_istio_sample_loads_and_validates() {
     let mut failures = Vec::new();
 
     for file in &files {
-        let rel = file.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
-        if let Some((_, why)) = FILE_EXCEPTIONS.iter().find(|(suffix, _)| rel.ends_with(suffix)) {
+        let rel = file
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if let Some((_, why)) = FILE_EXCEPTIONS
+            .iter()
+            .find(|(suffix, _)| rel.ends_with(suffix))
+        {
             file_exceptions_hit.insert(rel.clone(), *why);
             continue;
         }
@@ -106,7 +134,8 @@ fn every_istio_sample_loads_and_validates() {
         let report = loader.finish();
         for d in report.errors() {
             let excepted = KIND_EXCEPTIONS.iter().find(|(kind, _)| {
-                d.message.starts_with(&format!("kind \"{kind}\" is not served by Keel"))
+                d.message
+                    .starts_with(&format!("kind \"{kind}\" is not served by Keel"))
             });
             match excepted {
                 Some((kind, _)) => *kind_exceptions_hit.entry(kind).or_default() += 1,
@@ -118,7 +147,11 @@ fn every_istio_sample_loads_and_validates() {
         }
     }
 
-    assert!(failures.is_empty(), "unexpected errors:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "unexpected errors:\n{}",
+        failures.join("\n")
+    );
     for (suffix, _) in FILE_EXCEPTIONS {
         assert!(
             file_exceptions_hit.keys().any(|k| k.ends_with(suffix)),
@@ -126,7 +159,10 @@ fn every_istio_sample_loads_and_validates() {
         );
     }
     for (kind, _) in KIND_EXCEPTIONS {
-        assert!(kind_exceptions_hit.contains_key(kind), "kind exception {kind} no longer occurs: remove it");
+        assert!(
+            kind_exceptions_hit.contains_key(kind),
+            "kind exception {kind} no longer occurs: remove it"
+        );
     }
     // The samples exercise every Istio 1.0 kind they contain; spot-check the counts so a
     // regression that silently drops documents shows up.
@@ -147,7 +183,10 @@ fn every_istio_sample_loads_and_validates() {
         (Kind::AttributeManifest, 4),
     ] {
         let n = accepted_by_kind.get(&kind).copied().unwrap_or(0);
-        assert!(n >= at_least, "only {n} {kind} accepted, expected at least {at_least}");
+        assert!(
+            n >= at_least,
+            "only {n} {kind} accepted, expected at least {at_least}"
+        );
     }
 }
 
@@ -161,7 +200,8 @@ fn walkthrough_blocks(text: &str) -> Vec<String> {
             || l == "---"
             || l.split_once(':').is_some_and(|(k, _)| {
                 !k.is_empty()
-                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_\"./-".contains(&b))
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_\"./-".contains(&b))
             })
     };
     let mut blocks = Vec::new();
@@ -195,10 +235,18 @@ fn every_walkthrough_snippet_loads_and_validates() {
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         for (i, block) in walkthrough_blocks(&text).iter().enumerate() {
-            let name = format!("{} block {}", file.file_name().unwrap().to_string_lossy(), i + 1);
+            let name = format!(
+                "{} block {}",
+                file.file_name().unwrap().to_string_lossy(),
+                i + 1
+            );
             let report = keel_config::load_str(&name, block, Some("default"));
             let errors: Vec<_> = report.errors().map(ToString::to_string).collect();
-            assert!(errors.is_empty(), "{name}:\n{}\n---\n{block}", errors.join("\n"));
+            assert!(
+                errors.is_empty(),
+                "{name}:\n{}\n---\n{block}",
+                errors.join("\n")
+            );
             for r in &report.resources {
                 *found.entry(r.kind).or_default() += 1;
             }
@@ -240,9 +288,19 @@ fn walkthrough_telemetry_is_typed_as_written() {
         panic!("not a prometheus handler")
     };
     assert_eq!(p.metrics[0].name, "double_request_count");
-    assert_eq!(p.metrics[0].instance_name, "doublerequestcount.metric.istio-system");
-    assert_eq!(p.metrics[0].label_names, ["source", "destination", "message"]);
-    let stdio = report.resources.iter().find(|r| r.kind == Kind::Stdio).unwrap();
+    assert_eq!(
+        p.metrics[0].instance_name,
+        "doublerequestcount.metric.istio-system"
+    );
+    assert_eq!(
+        p.metrics[0].label_names,
+        ["source", "destination", "message"]
+    );
+    let stdio = report
+        .resources
+        .iter()
+        .find(|r| r.kind == Kind::Stdio)
+        .unwrap();
     let Spec::Handler(keel_config::mixer::Adapter::Stdio(s)) = &stdio.spec else {
         panic!("not a stdio handler")
     };

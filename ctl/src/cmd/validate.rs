@@ -24,12 +24,19 @@ pub struct Args {
 }
 
 /// Returns whether every document was valid.
-pub fn run(args: &Args, stdin: &mut dyn Read, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<bool> {
+pub fn run(
+    args: &Args,
+    stdin: &mut dyn Read,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<bool> {
     let mut loader = Loader::new().default_namespace(&args.namespace);
     for f in &args.files {
         if f.as_os_str() == "-" {
             let mut text = String::new();
-            stdin.read_to_string(&mut text).context("reading standard input")?;
+            stdin
+                .read_to_string(&mut text)
+                .context("reading standard input")?;
             loader.add_str("<stdin>", &text);
         } else if !f.exists() {
             anyhow::bail!("{}: no such file or directory", f.display());

@@ -78,13 +78,21 @@ pub struct HttpRoute {
     pub route: Vec<HttpRouteDestination>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect: Option<HttpRedirect>,
-    #[serde(default, alias = "direct_response", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "direct_response",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub direct_response: Option<HttpDirectResponse>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegate: Option<Delegate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<HttpRewrite>,
-    #[serde(default, alias = "websocket_upgrade", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "websocket_upgrade",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub websocket_upgrade: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
@@ -96,14 +104,30 @@ pub struct HttpRoute {
     pub mirror: Option<Destination>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<HttpMirrorPolicy>,
-    #[serde(default, alias = "mirror_percent", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "mirror_percent",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub mirror_percent: Option<u32>,
-    #[serde(default, alias = "mirror_percentage", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "mirror_percentage",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub mirror_percentage: Option<Percent>,
-    #[serde(default, alias = "cors_policy", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "cors_policy",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cors_policy: Option<CorsPolicy>,
     /// 1.0: headers appended to the request.
-    #[serde(default, alias = "append_headers", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        alias = "append_headers",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub append_headers: BTreeMap<String, String>,
     /// 1.0: response headers removed.
     #[serde(
@@ -155,17 +179,37 @@ pub struct HttpMatchRequest {
     pub headers: BTreeMap<String, StringMatch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
-    #[serde(default, alias = "source_labels", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        alias = "source_labels",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub source_labels: Labels,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
-    #[serde(default, alias = "query_params", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        alias = "query_params",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub query_params: BTreeMap<String, StringMatch>,
-    #[serde(default, alias = "ignore_uri_case", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "ignore_uri_case",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ignore_uri_case: Option<bool>,
-    #[serde(default, alias = "without_headers", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        alias = "without_headers",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub without_headers: BTreeMap<String, StringMatch>,
-    #[serde(default, alias = "source_namespace", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "source_namespace",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub source_namespace: Option<String>,
 }
 
@@ -211,7 +255,11 @@ pub struct HttpRedirect {
     pub port: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheme: Option<String>,
-    #[serde(default, alias = "redirect_code", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "redirect_code",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub redirect_code: Option<u32>,
 }
 
@@ -256,7 +304,11 @@ pub struct HttpRewrite {
 pub struct HttpRetry {
     #[serde(default)]
     pub attempts: i64,
-    #[serde(default, alias = "per_try_timeout", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "per_try_timeout",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub per_try_timeout: Option<Duration>,
     #[serde(default, alias = "retry_on", skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<String>,
@@ -285,9 +337,17 @@ pub struct FaultDelay {
     pub percent: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
-    #[serde(default, alias = "fixed_delay", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "fixed_delay",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub fixed_delay: Option<Duration>,
-    #[serde(default, alias = "exponential_delay", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "exponential_delay",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub exponential_delay: Option<Duration>,
 }
 
@@ -298,9 +358,17 @@ pub struct FaultAbort {
     pub percent: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
-    #[serde(default, alias = "http_status", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "http_status",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub http_status: Option<i64>,
-    #[serde(default, alias = "grpc_status", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "grpc_status",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub grpc_status: Option<String>,
 }
 
@@ -320,17 +388,37 @@ pub struct CorsPolicy {
     #[serde(default, alias = "allow_origin", skip_serializing_if = "Vec::is_empty")]
     pub allow_origin: Vec<String>,
     /// Later: origins as string matches.
-    #[serde(default, alias = "allow_origins", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        alias = "allow_origins",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub allow_origins: Vec<StringMatch>,
-    #[serde(default, alias = "allow_methods", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        alias = "allow_methods",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub allow_methods: Vec<String>,
-    #[serde(default, alias = "allow_headers", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        alias = "allow_headers",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub allow_headers: Vec<String>,
-    #[serde(default, alias = "expose_headers", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        alias = "expose_headers",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub expose_headers: Vec<String>,
     #[serde(default, alias = "max_age", skip_serializing_if = "Option::is_none")]
     pub max_age: Option<Duration>,
-    #[serde(default, alias = "allow_credentials", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "allow_credentials",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub allow_credentials: Option<bool>,
 }
 
@@ -366,17 +454,33 @@ pub struct TcpRoute {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct L4MatchAttributes {
-    #[serde(default, alias = "destination_subnets", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        alias = "destination_subnets",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub destination_subnets: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
-    #[serde(default, alias = "source_subnet", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "source_subnet",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub source_subnet: Option<String>,
-    #[serde(default, alias = "source_labels", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        alias = "source_labels",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub source_labels: Labels,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
-    #[serde(default, alias = "source_namespace", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "source_namespace",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub source_namespace: Option<String>,
 }
 
@@ -394,17 +498,33 @@ pub struct TlsRoute {
 pub struct TlsMatchAttributes {
     #[serde(default, alias = "sni_hosts")]
     pub sni_hosts: Vec<String>,
-    #[serde(default, alias = "destination_subnets", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        alias = "destination_subnets",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub destination_subnets: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
-    #[serde(default, alias = "source_subnet", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "source_subnet",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub source_subnet: Option<String>,
-    #[serde(default, alias = "source_labels", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        alias = "source_labels",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub source_labels: Labels,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
-    #[serde(default, alias = "source_namespace", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "source_namespace",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub source_namespace: Option<String>,
 }
 
@@ -415,13 +535,21 @@ pub struct TlsMatchAttributes {
 pub struct DestinationRule {
     #[serde(default)]
     pub host: String,
-    #[serde(default, alias = "traffic_policy", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "traffic_policy",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub traffic_policy: Option<TrafficPolicy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subsets: Vec<Subset>,
     #[serde(default, alias = "export_to", skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
-    #[serde(default, alias = "workload_selector", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "workload_selector",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub workload_selector: Option<WorkloadSelector>,
 }
 
@@ -435,15 +563,31 @@ pub struct WorkloadSelector {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficPolicy {
-    #[serde(default, alias = "load_balancer", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "load_balancer",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub load_balancer: Option<LoadBalancerSettings>,
-    #[serde(default, alias = "connection_pool", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "connection_pool",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub connection_pool: Option<ConnectionPoolSettings>,
-    #[serde(default, alias = "outlier_detection", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "outlier_detection",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClientTlsSettings>,
-    #[serde(default, alias = "port_level_settings", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        alias = "port_level_settings",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub port_level_settings: Vec<PortTrafficPolicy>,
 }
 
@@ -452,11 +596,23 @@ pub struct TrafficPolicy {
 pub struct PortTrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<PortSelector>,
-    #[serde(default, alias = "load_balancer", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "load_balancer",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub load_balancer: Option<LoadBalancerSettings>,
-    #[serde(default, alias = "connection_pool", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "connection_pool",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub connection_pool: Option<ConnectionPoolSettings>,
-    #[serde(default, alias = "outlier_detection", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "outlier_detection",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClientTlsSettings>,
@@ -467,7 +623,11 @@ pub struct PortTrafficPolicy {
 pub struct LoadBalancerSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simple: Option<SimpleLb>,
-    #[serde(default, alias = "consistent_hash", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "consistent_hash",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub consistent_hash: Option<ConsistentHashLb>,
 }
 
@@ -485,11 +645,23 @@ pub enum SimpleLb {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsistentHashLb {
-    #[serde(default, alias = "http_header_name", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "http_header_name",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub http_header_name: Option<String>,
-    #[serde(default, alias = "http_cookie", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "http_cookie",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub http_cookie: Option<HttpCookie>,
-    #[serde(default, alias = "use_source_ip", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "use_source_ip",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub use_source_ip: Option<bool>,
     #[serde(
         default,
@@ -497,7 +669,11 @@ pub struct ConsistentHashLb {
         skip_serializing_if = "Option::is_none"
     )]
     pub http_query_parameter_name: Option<String>,
-    #[serde(default, alias = "minimum_ring_size", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "minimum_ring_size",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub minimum_ring_size: Option<u64>,
 }
 
@@ -524,11 +700,23 @@ pub struct ConnectionPoolSettings {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TcpSettings {
-    #[serde(default, alias = "max_connections", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "max_connections",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_connections: Option<i64>,
-    #[serde(default, alias = "connect_timeout", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "connect_timeout",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub connect_timeout: Option<Duration>,
-    #[serde(default, alias = "tcp_keepalive", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "tcp_keepalive",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tcp_keepalive: Option<TcpKeepalive>,
 }
 
@@ -552,7 +740,11 @@ pub struct HttpSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub http1_max_pending_requests: Option<i64>,
-    #[serde(default, alias = "http2_max_requests", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "http2_max_requests",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub http2_max_requests: Option<i64>,
     #[serde(
         default,
@@ -560,13 +752,29 @@ pub struct HttpSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_requests_per_connection: Option<i64>,
-    #[serde(default, alias = "max_retries", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "max_retries",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_retries: Option<i64>,
-    #[serde(default, alias = "idle_timeout", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "idle_timeout",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub idle_timeout: Option<Duration>,
-    #[serde(default, alias = "h2_upgrade_policy", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "h2_upgrade_policy",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub h2_upgrade_policy: Option<H2UpgradePolicy>,
-    #[serde(default, alias = "use_client_protocol", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "use_client_protocol",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub use_client_protocol: Option<bool>,
 }
 
@@ -582,9 +790,17 @@ pub enum H2UpgradePolicy {
 #[serde(rename_all = "camelCase")]
 pub struct OutlierDetection {
     /// 1.0's name for consecutive 5xx (gateway errors in Envoy terms).
-    #[serde(default, alias = "consecutive_errors", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "consecutive_errors",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub consecutive_errors: Option<i64>,
-    #[serde(default, alias = "consecutive_5xx_errors", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "consecutive_5xx_errors",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub consecutive_5xx_errors: Option<i64>,
     #[serde(
         default,
@@ -594,11 +810,23 @@ pub struct OutlierDetection {
     pub consecutive_gateway_errors: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
-    #[serde(default, alias = "base_ejection_time", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "base_ejection_time",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub base_ejection_time: Option<Duration>,
-    #[serde(default, alias = "max_ejection_percent", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "max_ejection_percent",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_ejection_percent: Option<i64>,
-    #[serde(default, alias = "min_health_percent", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "min_health_percent",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_health_percent: Option<i64>,
 }
 
@@ -617,19 +845,43 @@ pub enum ClientTlsMode {
 pub struct ClientTlsSettings {
     #[serde(default)]
     pub mode: ClientTlsMode,
-    #[serde(default, alias = "client_certificate", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "client_certificate",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_certificate: Option<String>,
-    #[serde(default, alias = "private_key", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "private_key",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub private_key: Option<String>,
-    #[serde(default, alias = "ca_certificates", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "ca_certificates",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ca_certificates: Option<String>,
-    #[serde(default, alias = "credential_name", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "credential_name",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub credential_name: Option<String>,
-    #[serde(default, alias = "subject_alt_names", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        alias = "subject_alt_names",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub subject_alt_names: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
-    #[serde(default, alias = "insecure_skip_verify", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "insecure_skip_verify",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub insecure_skip_verify: Option<bool>,
 }
 
@@ -640,7 +892,11 @@ pub struct Subset {
     pub name: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
-    #[serde(default, alias = "traffic_policy", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "traffic_policy",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub traffic_policy: Option<TrafficPolicy>,
 }
 
@@ -666,7 +922,11 @@ pub struct Server {
     pub hosts: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ServerTlsSettings>,
-    #[serde(default, alias = "default_endpoint", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "default_endpoint",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub default_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -682,7 +942,11 @@ pub struct Port {
     pub protocol: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(default, alias = "target_port", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "target_port",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub target_port: Option<u32>,
 }
 
@@ -715,19 +979,43 @@ pub enum TlsProtocolVersion {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerTlsSettings {
-    #[serde(default, alias = "https_redirect", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "https_redirect",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub https_redirect: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<ServerTlsMode>,
-    #[serde(default, alias = "server_certificate", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "server_certificate",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub server_certificate: Option<String>,
-    #[serde(default, alias = "private_key", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "private_key",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub private_key: Option<String>,
-    #[serde(default, alias = "ca_certificates", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "ca_certificates",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ca_certificates: Option<String>,
-    #[serde(default, alias = "credential_name", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "credential_name",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub credential_name: Option<String>,
-    #[serde(default, alias = "subject_alt_names", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        alias = "subject_alt_names",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub subject_alt_names: Vec<String>,
     #[serde(
         default,
@@ -741,11 +1029,23 @@ pub struct ServerTlsSettings {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub verify_certificate_hash: Vec<String>,
-    #[serde(default, alias = "min_protocol_version", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "min_protocol_version",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_protocol_version: Option<TlsProtocolVersion>,
-    #[serde(default, alias = "max_protocol_version", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "max_protocol_version",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_protocol_version: Option<TlsProtocolVersion>,
-    #[serde(default, alias = "cipher_suites", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        alias = "cipher_suites",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub cipher_suites: Vec<String>,
 }
 
@@ -784,11 +1084,19 @@ pub struct ServiceEntry {
     pub resolution: Option<Resolution>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<WorkloadEntry>,
-    #[serde(default, alias = "workload_selector", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "workload_selector",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub workload_selector: Option<WorkloadSelector>,
     #[serde(default, alias = "export_to", skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
-    #[serde(default, alias = "subject_alt_names", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        alias = "subject_alt_names",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub subject_alt_names: Vec<String>,
 }
 
@@ -807,7 +1115,11 @@ pub struct WorkloadEntry {
     pub locality: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
-    #[serde(default, alias = "service_account", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "service_account",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub service_account: Option<String>,
 }
 

@@ -73,7 +73,10 @@ fn check_duration(d: &mut Diagnostics, path: &P, value: Option<&Duration>) {
         if std < std::time::Duration::from_millis(1) {
             d.error(path, format!("duration must be at least 1ms (got {v})"));
         } else if std.subsec_nanos() % 1_000_000 != 0 {
-            d.error(path, format!("only durations to ms precision are supported (got {v})"));
+            d.error(
+                path,
+                format!("only durations to ms precision are supported (got {v})"),
+            );
         }
     }
 }
@@ -92,7 +95,10 @@ fn check_string_match(d: &mut Diagnostics, path: &P, m: &StringMatch) {
         if re.is_empty() {
             d.error(&path.key("regex"), "regex must not be empty");
         } else if let Err(e) = regex::Regex::new(re) {
-            d.error(&path.key("regex"), format!("invalid regex: {}", first_line(&e.to_string())));
+            d.error(
+                &path.key("regex"),
+                format!("invalid regex: {}", first_line(&e.to_string())),
+            );
         }
     }
 }
@@ -123,7 +129,10 @@ fn check_gateway_ref(d: &mut Diagnostics, path: &P, gw: &str) {
     match gw.split_once('/') {
         Some((ns, name)) => {
             if !is_dns1123_label(ns) {
-                d.error(path, format!("invalid gateway namespace \"{ns}\" in \"{gw}\""));
+                d.error(
+                    path,
+                    format!("invalid gateway namespace \"{ns}\" in \"{gw}\""),
+                );
             }
             if !is_dns1123_label(name) {
                 d.error(path, format!("invalid gateway name \"{name}\" in \"{gw}\""));
@@ -228,7 +237,10 @@ impl VirtualService {
     pub fn validate(&self, d: &mut Diagnostics, spec: &P) {
         let bound_to_mesh = self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh");
         if self.hosts.is_empty() {
-            d.error(&spec.key("hosts"), "virtual service must have at least one host");
+            d.error(
+                &spec.key("hosts"),
+                "virtual service must have at least one host",
+            );
         }
         for (i, host) in self.hosts.iter().enumerate() {
             let p = spec.key("hosts").index(i);
@@ -246,7 +258,10 @@ impl VirtualService {
         let mut seen = HashSet::new();
         for (i, host) in self.hosts.iter().enumerate() {
             if !seen.insert(host.as_str()) {
-                d.error(&spec.key("hosts").index(i), format!("duplicate host \"{host}\""));
+                d.error(
+                    &spec.key("hosts").index(i),
+                    format!("duplicate host \"{host}\""),
+                );
             }
         }
         for (i, gw) in self.gateways.iter().enumerate() {
@@ -268,7 +283,10 @@ impl VirtualService {
         for (i, route) in self.tls.iter().enumerate() {
             let p = spec.key("tls").index(i);
             if route.matches.is_empty() {
-                d.error(&p.key("match"), "TLS route must have at least one match condition");
+                d.error(
+                    &p.key("match"),
+                    "TLS route must have at least one match condition",
+                );
             }
             for (j, m) in route.matches.iter().enumerate() {
                 self.check_tls_match(d, &p.key("match").index(j), m);
@@ -279,7 +297,10 @@ impl VirtualService {
 
     fn check_tls_match(&self, d: &mut Diagnostics, path: &P, m: &TlsMatchAttributes) {
         if m.sni_hosts.is_empty() {
-            d.error(&path.key("sniHosts"), "TLS match must have at least one SNI host");
+            d.error(
+                &path.key("sniHosts"),
+                "TLS match must have at least one SNI host",
+            );
         }
         for (i, sni) in m.sni_hosts.iter().enumerate() {
             let p = path.key("sniHosts").index(i);
@@ -323,7 +344,10 @@ fn check_subnet(d: &mut Diagnostics, path: &P, subnet: &str) {
         None => (subnet, None),
     };
     let Ok(ip) = addr.parse::<IpAddr>() else {
-        d.error(path, format!("\"{subnet}\" is not a valid IP address or CIDR block"));
+        d.error(
+            path,
+            format!("\"{subnet}\" is not a valid IP address or CIDR block"),
+        );
         return;
     };
     if let Some(len) = len {
@@ -353,7 +377,10 @@ fn check_l4_match(d: &mut Diagnostics, path: &P, m: &L4MatchAttributes) {
 
 fn check_route_destinations(d: &mut Diagnostics, path: &P, route: &[RouteDestination], what: &str) {
     if route.is_empty() {
-        d.error(path, format!("{what} route must have at least one destination"));
+        d.error(
+            path,
+            format!("{what} route must have at least one destination"),
+        );
     }
     for (i, r) in route.iter().enumerate() {
         check_destination(d, &path.index(i).key("destination"), &r.destination);
@@ -372,16 +399,21 @@ impl HttpRoute {
             (false, false, false, false) => {
                 d.error(path, "HTTP route, redirect or direct response is required")
             }
-            (true, true, _, _) => d.error(path, "HTTP route cannot contain both route and redirect"),
-            (true, _, true, _) => {
-                d.error(path, "HTTP route cannot contain both route and direct response")
+            (true, true, _, _) => {
+                d.error(path, "HTTP route cannot contain both route and redirect")
             }
-            (_, true, true, _) => {
-                d.error(path, "HTTP route cannot contain both redirect and direct response")
-            }
-            (true, _, _, true) | (_, true, _, true) => {
-                d.error(path, "HTTP route with a delegate must not specify route or redirect")
-            }
+            (true, _, true, _) => d.error(
+                path,
+                "HTTP route cannot contain both route and direct response",
+            ),
+            (_, true, true, _) => d.error(
+                path,
+                "HTTP route cannot contain both redirect and direct response",
+            ),
+            (true, _, _, true) | (_, true, _, true) => d.error(
+                path,
+                "HTTP route with a delegate must not specify route or redirect",
+            ),
             _ => {}
         }
         if has_redirect {
@@ -389,7 +421,10 @@ impl HttpRoute {
                 d.error(path, "HTTP route cannot contain both fault and redirect");
             }
             if self.rewrite.is_some() {
-                d.error(path, "HTTP route rule cannot contain both rewrite and redirect");
+                d.error(
+                    path,
+                    "HTTP route rule cannot contain both rewrite and redirect",
+                );
             }
             if self.websocket_upgrade == Some(true) {
                 d.error(path, "WebSocket upgrade is not allowed on redirect rules");
@@ -425,7 +460,10 @@ impl HttpRoute {
                 && s != "http"
                 && s != "https"
             {
-                d.error(&p.key("scheme"), format!("redirect scheme must be http or https, not \"{s}\""));
+                d.error(
+                    &p.key("scheme"),
+                    format!("redirect scheme must be http or https, not \"{s}\""),
+                );
             }
             if let Some(port) = r.port {
                 check_port(d, &p.key("port"), i64::from(port));
@@ -434,19 +472,28 @@ impl HttpRoute {
         if let Some(dr) = &self.direct_response {
             let p = path.key("directResponse");
             if !(200..=599).contains(&dr.status) {
-                d.error(&p.key("status"), format!("HTTP status {} is not in range 200-599", dr.status));
+                d.error(
+                    &p.key("status"),
+                    format!("HTTP status {} is not in range 200-599", dr.status),
+                );
             }
         }
         if let Some(del) = &self.delegate
             && !is_dns1123_label(&del.name)
         {
-            d.error(&path.key("delegate").key("name"), "delegate name must be a DNS-1123 label");
+            d.error(
+                &path.key("delegate").key("name"),
+                "delegate name must be a DNS-1123 label",
+            );
         }
         if let Some(rw) = &self.rewrite
             && rw.uri.is_none()
             && rw.authority.is_none()
         {
-            d.error(&path.key("rewrite"), "rewrite must specify URI, authority, or both");
+            d.error(
+                &path.key("rewrite"),
+                "rewrite must specify URI, authority, or both",
+            );
         }
         check_duration(d, &path.key("timeout"), self.timeout.as_ref());
         if let Some(r) = &self.retries {
@@ -493,8 +540,16 @@ impl HttpRoute {
             check_cors(d, &path.key("corsPolicy"), c);
         }
         check_header_map(d, &path.key("appendHeaders"), &self.append_headers);
-        check_header_map(d, &path.key("appendRequestHeaders"), &self.append_request_headers);
-        check_header_map(d, &path.key("appendResponseHeaders"), &self.append_response_headers);
+        check_header_map(
+            d,
+            &path.key("appendRequestHeaders"),
+            &self.append_request_headers,
+        );
+        check_header_map(
+            d,
+            &path.key("appendResponseHeaders"),
+            &self.append_response_headers,
+        );
         for (i, h) in self.remove_response_headers.iter().enumerate() {
             check_header_name(d, &path.key("removeResponseHeaders").index(i), h);
         }
@@ -518,7 +573,10 @@ fn check_http_match(d: &mut Diagnostics, path: &P, m: &HttpMatchRequest) {
             check_string_match(d, &path.key(name), sm);
         }
     }
-    for (field, map) in [("headers", &m.headers), ("withoutHeaders", &m.without_headers)] {
+    for (field, map) in [
+        ("headers", &m.headers),
+        ("withoutHeaders", &m.without_headers),
+    ] {
         for (name, sm) in map {
             let p = path.key(field).key(name.clone());
             check_header_name(d, &p, name);
@@ -545,13 +603,19 @@ fn check_http_match(d: &mut Diagnostics, path: &P, m: &HttpMatchRequest) {
     if let Some(ns) = &m.source_namespace
         && !is_dns1123_label(ns)
     {
-        d.error(&path.key("sourceNamespace"), format!("sourceNamespace \"{ns}\" is invalid"));
+        d.error(
+            &path.key("sourceNamespace"),
+            format!("sourceNamespace \"{ns}\" is invalid"),
+        );
     }
 }
 
 fn check_fault(d: &mut Diagnostics, path: &P, f: &HttpFaultInjection) {
     if f.delay.is_none() && f.abort.is_none() {
-        d.error(path, "HTTP fault injection must have an abort and/or a delay");
+        d.error(
+            path,
+            "HTTP fault injection must have an abort and/or a delay",
+        );
     }
     if let Some(delay) = &f.delay {
         let p = path.key("delay");
@@ -566,8 +630,12 @@ fn check_fault(d: &mut Diagnostics, path: &P, f: &HttpFaultInjection) {
         }
         match (&delay.fixed_delay, &delay.exponential_delay) {
             (Some(fixed), None) => check_duration(d, &p.key("fixedDelay"), Some(fixed)),
-            (None, Some(_)) => d.error(&p.key("exponentialDelay"), "exponentialDelay not supported"),
-            (Some(_), Some(_)) => d.error(&p, "only one of fixedDelay and exponentialDelay may be set"),
+            (None, Some(_)) => {
+                d.error(&p.key("exponentialDelay"), "exponentialDelay not supported")
+            }
+            (Some(_), Some(_)) => {
+                d.error(&p, "only one of fixedDelay and exponentialDelay may be set")
+            }
             (None, None) => d.error(&p.key("fixedDelay"), "delay must set fixedDelay"),
         }
     }
@@ -593,7 +661,10 @@ fn check_fault(d: &mut Diagnostics, path: &P, f: &HttpFaultInjection) {
             }
             (None, Some(code)) => {
                 if !GRPC_CODES.contains(&code.as_str()) {
-                    d.error(&p.key("grpcStatus"), format!("\"{code}\" is not a gRPC status name"));
+                    d.error(
+                        &p.key("grpcStatus"),
+                        format!("\"{code}\" is not a gRPC status name"),
+                    );
                 }
             }
             (Some(_), Some(_)) => d.error(&p, "only one of httpStatus and grpcStatus may be set"),
@@ -634,7 +705,10 @@ fn check_cors(d: &mut Diagnostics, path: &P, c: &CorsPolicy) {
     for (i, o) in c.allow_origins.iter().enumerate() {
         check_string_match(d, &path.key("allowOrigins").index(i), o);
     }
-    for (field, list) in [("allowHeaders", &c.allow_headers), ("exposeHeaders", &c.expose_headers)] {
+    for (field, list) in [
+        ("allowHeaders", &c.allow_headers),
+        ("exposeHeaders", &c.expose_headers),
+    ] {
         for (i, h) in list.iter().enumerate() {
             if h != "*" {
                 check_header_name(d, &path.key(field).index(i), h);
@@ -644,7 +718,10 @@ fn check_cors(d: &mut Diagnostics, path: &P, c: &CorsPolicy) {
     if let Some(age) = &c.max_age {
         check_duration(d, &path.key("maxAge"), Some(age));
         if age.as_std().subsec_nanos() != 0 {
-            d.error(&path.key("maxAge"), "max_age duration is accurate only to seconds precision");
+            d.error(
+                &path.key("maxAge"),
+                "max_age duration is accurate only to seconds precision",
+            );
         }
     }
 }
@@ -669,10 +746,16 @@ impl DestinationRule {
             } else if !is_valid_subset_name(&s.name) {
                 d.error(
                     &p.key("name"),
-                    format!("subset name \"{}\" is invalid (must be a DNS-1123 label)", s.name),
+                    format!(
+                        "subset name \"{}\" is invalid (must be a DNS-1123 label)",
+                        s.name
+                    ),
                 );
             } else if !names.insert(s.name.as_str()) {
-                d.error(&p.key("name"), format!("duplicate subset name \"{}\"", s.name));
+                d.error(
+                    &p.key("name"),
+                    format!("duplicate subset name \"{}\"", s.name),
+                );
             }
             check_labels(d, &p.key("labels"), &s.labels);
             if let Some(tp) = &s.traffic_policy {
@@ -680,7 +763,11 @@ impl DestinationRule {
             }
         }
         if let Some(ws) = &self.workload_selector {
-            check_labels(d, &spec.key("workloadSelector").key("matchLabels"), &ws.match_labels);
+            check_labels(
+                d,
+                &spec.key("workloadSelector").key("matchLabels"),
+                &ws.match_labels,
+            );
         }
     }
 }
@@ -712,7 +799,10 @@ fn check_traffic_policy(d: &mut Diagnostics, path: &P, tp: &TrafficPolicy) {
                 if let Some(n) = sel.number
                     && !ports.insert(n)
                 {
-                    d.error(&p.key("port"), format!("duplicate port traffic policy for port {n}"));
+                    d.error(
+                        &p.key("port"),
+                        format!("duplicate port traffic policy for port {n}"),
+                    );
                 }
             }
         }
@@ -771,7 +861,10 @@ fn check_policy_parts(
             }
             if let Some(c) = &ch.http_cookie {
                 if c.name.is_empty() {
-                    d.error(&p.key("httpCookie").key("name"), "name required for HttpCookie");
+                    d.error(
+                        &p.key("httpCookie").key("name"),
+                        "name required for HttpCookie",
+                    );
                 }
                 check_duration_allow_zero(d, &p.key("httpCookie").key("ttl"), c.ttl.as_ref());
             }
@@ -784,11 +877,20 @@ fn check_policy_parts(
         }
         if let Some(tcp) = &pool.tcp {
             let p = p.key("tcp");
-            non_negative(d, &p.key("maxConnections"), tcp.max_connections, "max connections");
+            non_negative(
+                d,
+                &p.key("maxConnections"),
+                tcp.max_connections,
+                "max connections",
+            );
             check_duration(d, &p.key("connectTimeout"), tcp.connect_timeout.as_ref());
             if let Some(ka) = &tcp.tcp_keepalive {
                 check_duration(d, &p.key("tcpKeepalive").key("time"), ka.time.as_ref());
-                check_duration(d, &p.key("tcpKeepalive").key("interval"), ka.interval.as_ref());
+                check_duration(
+                    d,
+                    &p.key("tcpKeepalive").key("interval"),
+                    ka.interval.as_ref(),
+                );
             }
         }
         if let Some(http) = &pool.http {
@@ -799,7 +901,12 @@ fn check_policy_parts(
                 http.http1_max_pending_requests,
                 "http1 max pending requests",
             );
-            non_negative(d, &p.key("http2MaxRequests"), http.http2_max_requests, "http2 max requests");
+            non_negative(
+                d,
+                &p.key("http2MaxRequests"),
+                http.http2_max_requests,
+                "http2 max requests",
+            );
             non_negative(
                 d,
                 &p.key("maxRequestsPerConnection"),
@@ -811,14 +918,27 @@ fn check_policy_parts(
             if http.use_client_protocol == Some(true)
                 && http.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade)
             {
-                d.error(&p, "useClientProtocol cannot be combined with h2UpgradePolicy UPGRADE");
+                d.error(
+                    &p,
+                    "useClientProtocol cannot be combined with h2UpgradePolicy UPGRADE",
+                );
             }
         }
     }
     if let Some(od) = od {
         let p = path.key("outlierDetection");
-        non_negative(d, &p.key("consecutiveErrors"), od.consecutive_errors, "consecutive errors");
-        non_negative(d, &p.key("consecutive5xxErrors"), od.consecutive_5xx_errors, "consecutive 5xx errors");
+        non_negative(
+            d,
+            &p.key("consecutiveErrors"),
+            od.consecutive_errors,
+            "consecutive errors",
+        );
+        non_negative(
+            d,
+            &p.key("consecutive5xxErrors"),
+            od.consecutive_5xx_errors,
+            "consecutive 5xx errors",
+        );
         non_negative(
             d,
             &p.key("consecutiveGatewayErrors"),
@@ -826,7 +946,11 @@ fn check_policy_parts(
             "consecutive gateway errors",
         );
         check_duration(d, &p.key("interval"), od.interval.as_ref());
-        check_duration(d, &p.key("baseEjectionTime"), od.base_ejection_time.as_ref());
+        check_duration(
+            d,
+            &p.key("baseEjectionTime"),
+            od.base_ejection_time.as_ref(),
+        );
         if let Some(v) = od.max_ejection_percent {
             check_percent_i64(d, &p.key("maxEjectionPercent"), v);
         }
@@ -839,23 +963,25 @@ fn check_policy_parts(
         match tls.mode {
             ClientTlsMode::Mutual if tls.credential_name.is_none() => {
                 if tls.client_certificate.is_none() {
-                    d.error(&p.key("clientCertificate"), "client certificate required for mutual tls");
+                    d.error(
+                        &p.key("clientCertificate"),
+                        "client certificate required for mutual tls",
+                    );
                 }
                 if tls.private_key.is_none() {
                     d.error(&p.key("privateKey"), "private key required for mutual tls");
                 }
             }
-            ClientTlsMode::IstioMutual => {
+            ClientTlsMode::IstioMutual
                 if tls.client_certificate.is_some()
                     || tls.private_key.is_some()
                     || tls.ca_certificates.is_some()
-                    || tls.credential_name.is_some()
-                {
-                    d.error(
-                        &p,
-                        "ISTIO_MUTUAL uses the mesh's certificates: clientCertificate, privateKey, caCertificates and credentialName must not be set",
-                    );
-                }
+                    || tls.credential_name.is_some() =>
+            {
+                d.error(
+                    &p,
+                    "ISTIO_MUTUAL uses the mesh's certificates: clientCertificate, privateKey, caCertificates and credentialName must not be set",
+                );
             }
             _ => {}
         }
@@ -883,7 +1009,10 @@ fn non_negative(d: &mut Diagnostics, path: &P, v: Option<i64>, what: &str) {
 impl Gateway {
     pub fn validate(&self, d: &mut Diagnostics, spec: &P) {
         if self.servers.is_empty() {
-            d.error(&spec.key("servers"), "gateway must have at least one server");
+            d.error(
+                &spec.key("servers"),
+                "gateway must have at least one server",
+            );
         }
         let mut port_names = HashSet::new();
         for (i, s) in self.servers.iter().enumerate() {
@@ -911,14 +1040,20 @@ impl Server {
         if protocol.is_none() {
             d.error(
                 &pp.key("protocol"),
-                format!("invalid protocol \"{}\", supported protocols are {SUPPORTED_PROTOCOLS}", port.protocol),
+                format!(
+                    "invalid protocol \"{}\", supported protocols are {SUPPORTED_PROTOCOLS}",
+                    port.protocol
+                ),
             );
         }
         if port.name.as_deref().unwrap_or("").is_empty() {
             d.error(&pp.key("name"), "port name must be set");
         }
         if self.hosts.is_empty() {
-            d.error(&path.key("hosts"), "server config must contain at least one host");
+            d.error(
+                &path.key("hosts"),
+                "server config must contain at least one host",
+            );
         }
         for (i, host) in self.hosts.iter().enumerate() {
             let p = path.key("hosts").index(i);
@@ -939,9 +1074,10 @@ impl Server {
         }
         let is_tls_port = matches!(protocol, Some(Protocol::Https | Protocol::Tls));
         match &self.tls {
-            None if is_tls_port => {
-                d.error(&path.key("tls"), "server must have TLS settings for HTTPS/TLS protocols")
-            }
+            None if is_tls_port => d.error(
+                &path.key("tls"),
+                "server must have TLS settings for HTTPS/TLS protocols",
+            ),
             None => {}
             Some(tls) => {
                 let p = path.key("tls");
@@ -981,7 +1117,10 @@ impl Server {
             && bind.parse::<IpAddr>().is_err()
             && !bind.starts_with("unix://")
         {
-            d.error(&path.key("bind"), format!("\"{bind}\" is not an IP address or unix:// path"));
+            d.error(
+                &path.key("bind"),
+                format!("\"{bind}\" is not an IP address or unix:// path"),
+            );
         }
     }
 }
@@ -991,7 +1130,10 @@ impl Server {
 impl ServiceEntry {
     pub fn validate(&self, d: &mut Diagnostics, spec: &P) {
         if self.hosts.is_empty() {
-            d.error(&spec.key("hosts"), "service entry must have at least one host");
+            d.error(
+                &spec.key("hosts"),
+                "service entry must have at least one host",
+            );
         }
         for (i, host) in self.hosts.iter().enumerate() {
             let p = spec.key("hosts").index(i);
@@ -1006,7 +1148,10 @@ impl ServiceEntry {
             let p = spec.key("addresses").index(i);
             check_subnet(d, &p, a);
             if a.contains('/') && !matches!(resolution, Resolution::None | Resolution::Static) {
-                d.error(&p, "CIDR addresses are allowed only for NONE/STATIC resolution types");
+                d.error(
+                    &p,
+                    "CIDR addresses are allowed only for NONE/STATIC resolution types",
+                );
             }
         }
         let mut names = HashSet::new();
@@ -1020,17 +1165,26 @@ impl ServiceEntry {
             match &port.name {
                 Some(n) if is_dns1123_label(n) => {
                     if !names.insert(n.as_str()) {
-                        d.error(&p.key("name"), format!("service entry port name \"{n}\" already defined"));
+                        d.error(
+                            &p.key("name"),
+                            format!("service entry port name \"{n}\" already defined"),
+                        );
                     }
                 }
                 Some(n) => d.error(&p.key("name"), format!("invalid port name: \"{n}\"")),
                 None => d.error(&p.key("name"), "port name is required"),
             }
             if parse_protocol(&port.protocol).is_none() {
-                d.error(&p.key("protocol"), format!("unsupported protocol: \"{}\"", port.protocol));
+                d.error(
+                    &p.key("protocol"),
+                    format!("unsupported protocol: \"{}\"", port.protocol),
+                );
             }
             if port.number != 0 && !numbers.insert(port.number) {
-                d.error(&p.key("number"), format!("service entry port {} already defined", port.number));
+                d.error(
+                    &p.key("number"),
+                    format!("service entry port {} already defined", port.number),
+                );
             }
         }
         if self.workload_selector.is_some() && !self.endpoints.is_empty() {
@@ -1060,7 +1214,10 @@ impl ServiceEntry {
             _ => {}
         }
         if resolution == Resolution::DnsRoundRobin && self.endpoints.len() > 1 {
-            d.error(&spec.key("endpoints"), "DNS_ROUND_ROBIN allows at most one endpoint");
+            d.error(
+                &spec.key("endpoints"),
+                "DNS_ROUND_ROBIN allows at most one endpoint",
+            );
         }
         for (i, ep) in self.endpoints.iter().enumerate() {
             let p = spec.key("endpoints").index(i);
@@ -1075,7 +1232,11 @@ impl ServiceEntry {
             }
         }
         if let Some(ws) = &self.workload_selector {
-            check_labels(d, &spec.key("workloadSelector").key("labels"), &ws.match_labels);
+            check_labels(
+                d,
+                &spec.key("workloadSelector").key("labels"),
+                &ws.match_labels,
+            );
         }
     }
 }
@@ -1100,7 +1261,13 @@ impl WorkloadEntry {
             }
         } else if self.address.parse::<IpAddr>().is_err() {
             if resolution == Some(Resolution::Static) {
-                d.error(&p, format!("endpoint address \"{}\" is not a valid IP address", self.address));
+                d.error(
+                    &p,
+                    format!(
+                        "endpoint address \"{}\" is not a valid IP address",
+                        self.address
+                    ),
+                );
             } else if let Err(e) = validate_fqdn(&self.address) {
                 d.error(&p, e);
             }
@@ -1117,7 +1284,10 @@ impl WorkloadEntry {
             && !is_dns1123_label(sa)
             && validate_fqdn(sa).is_err()
         {
-            d.error(&path.key("serviceAccount"), format!("invalid service account name \"{sa}\""));
+            d.error(
+                &path.key("serviceAccount"),
+                format!("invalid service account name \"{sa}\""),
+            );
         }
     }
 }
