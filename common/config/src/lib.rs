@@ -18,6 +18,8 @@ pub mod mixer;
 pub mod networking;
 pub mod path;
 pub mod resource;
+pub mod selector;
+pub mod store;
 pub mod validation;
 pub mod yaml;
 
@@ -26,3 +28,4 @@ pub use kind::Kind;
 pub use load::{LoadReport, Loader, load_str};
 pub use path::FieldPath;
 pub use resource::{Resource, ResourceKey, Spec};
+pub use selector::LabelSelector;

@@ -1,0 +1,99 @@
+//! Config stores: where accepted resources live, and how their changes are watched.
+//!
+//! A store publishes immutable [`Snapshot`]s through a `tokio::sync::watch` channel: a
+//! subscriber always sees a whole, consistent set of resources (a multi-document apply appears
+//! at once, never half), and [`Snapshot::diff`] tells it what changed since the snapshot it
+//! last saw. Two backends exist today: [`MemoryStore`] (in process; galley's write path and
+//! tests) and [`DirectoryStore`] (a directory of YAML files, edited by hand or by tools). The
+//! Kubernetes backend comes later behind the same trait.
+
+mod dir;
+mod memory;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+pub use dir::{DirectoryStore, FileState};
+pub use memory::{ApplyAction, ApplyOutcome, MemoryStore, StoreError};
+
+use crate::kind::Kind;
+use crate::resource::{Resource, ResourceKey};
+use crate::selector::LabelSelector;
+
+/// Every resource of a store at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Increases by one with every change that is published.
+    pub version: u64,
+    pub resources: BTreeMap<ResourceKey, Arc<Resource>>,
+}
+
+/// One difference between two snapshots.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Added(Arc<Resource>),
+    Updated(Arc<Resource>),
+    Deleted(ResourceKey),
+}
+
+impl Change {
+    pub fn key(&self) -> ResourceKey {
+        match self {
+            Change::Added(r) | Change::Updated(r) => r.key(),
+            Change::Deleted(k) => k.clone(),
+        }
+    }
+}
+
+impl Snapshot {
+    pub fn get(&self, key: &ResourceKey) -> Option<&Arc<Resource>> {
+        self.resources.get(key)
+    }
+
+    /// Resources of `kind`, in `namespace` (all namespaces when `None`), matching `selector`.
+    pub fn list<'a>(
+        &'a self,
+        kind: Kind,
+        namespace: Option<&'a str>,
+        selector: &'a LabelSelector,
+    ) -> impl Iterator<Item = &'a Arc<Resource>> + 'a {
+        self.resources
+            .iter()
+            .filter(move |(k, _)| k.kind == kind && namespace.is_none_or(|ns| k.namespace == ns))
+            .map(|(_, r)| r)
+            .filter(move |r| selector.matches(r.labels()))
+    }
+
+    /// What changed from `older` to `self`. Resources are compared by value, so a rewrite
+    /// that changes nothing is not a change.
+    pub fn diff(&self, older: &Snapshot) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (key, r) in &self.resources {
+            match older.resources.get(key) {
+                None => changes.push(Change::Added(r.clone())),
+                Some(old) if !Arc::ptr_eq(old, r) && old.as_ref() != r.as_ref() => {
+                    changes.push(Change::Updated(r.clone()))
+                }
+                Some(_) => {}
+            }
+        }
+        for key in older.resources.keys() {
+            if !self.resources.contains_key(key) {
+                changes.push(Change::Deleted(key.clone()));
+            }
+        }
+        changes
+    }
+}
+
+/// A source of configuration that can be read and watched.
+pub trait ConfigStore: Send + Sync {
+    /// The current snapshot.
+    fn snapshot(&self) -> Arc<Snapshot>;
+
+    /// A receiver that yields every snapshot published from now on (and holds the current
+    /// one).
+    fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>>;
+}
