@@ -166,17 +166,18 @@ impl Loader {
         value: &Value,
         base: FieldPath,
     ) {
-        let (result, diags) = load_document(value, self.default_namespace.as_deref());
+        let ns = self.default_namespace.as_deref();
+        let (result, diags) = load_document(value, ns);
         let label = result
             .as_ref()
             .ok()
             .map(|r| r.key().to_string())
-            .or_else(|| describe(value));
+            .or_else(|| describe(value, ns));
         let key = result
             .as_ref()
             .ok()
             .map(Resource::key)
-            .or_else(|| key_of(value));
+            .or_else(|| key_of(value, ns));
         for d in diags {
             let d = Diagnostic {
                 path: join(&base, &d.path),
@@ -254,27 +255,39 @@ fn is_list(v: &Value) -> bool {
     v.get("kind").and_then(Value::as_str) == Some("List") && v.get("items").is_some()
 }
 
-fn describe(v: &Value) -> Option<String> {
+/// The namespace a document will be in: its own, else the default for namespaced kinds.
+fn namespace_of<'a>(v: &'a Value, default_namespace: Option<&'a str>) -> Option<&'a str> {
+    let namespaced = v
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .zip(v.get("kind").and_then(Value::as_str))
+        .and_then(|(a, k)| Kind::from_api(a, k).ok())
+        .is_none_or(Kind::is_namespaced);
+    if !namespaced {
+        return None;
+    }
+    v.pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .or(default_namespace)
+}
+
+fn describe(v: &Value, default_namespace: Option<&str>) -> Option<String> {
     let kind = v.get("kind")?.as_str()?;
     let name = v
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or("<unnamed>");
-    match v.pointer("/metadata/namespace").and_then(Value::as_str) {
+    match namespace_of(v, default_namespace) {
         Some(ns) => Some(format!("{kind} {ns}/{name}")),
         None => Some(format!("{kind} {name}")),
     }
 }
 
-fn key_of(v: &Value) -> Option<ResourceKey> {
+fn key_of(v: &Value, default_namespace: Option<&str>) -> Option<ResourceKey> {
     let kind = Kind::from_api(v.get("apiVersion")?.as_str()?, v.get("kind")?.as_str()?).ok()?;
     Some(ResourceKey {
         kind,
-        namespace: v
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
+        namespace: namespace_of(v, default_namespace).unwrap_or("").to_owned(),
         name: v
             .pointer("/metadata/name")
             .and_then(Value::as_str)?
