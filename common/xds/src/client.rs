@@ -1,0 +1,261 @@
+//! An ADS client: subscribes to a set of types, validates what arrives (ACK or NACK with the
+//! reason), publishes the accepted state, and reconnects with backoff, keeping the last
+//! accepted state while the server is away.
+//!
+//! With [`ClientConfig::consistent`], the client publishes only when every subscribed type
+//! has arrived at the same version. Servers that version whole snapshots (galley does) thereby
+//! give subscribers all of a change or none of it, even across types.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// What the client subscribes to and how it behaves.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// `http://host:port`.
+    pub endpoint: String,
+    pub node: Node,
+    pub type_urls: Vec<String>,
+    /// Publish only whole snapshots (every type at one version).
+    pub consistent: bool,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(
+        endpoint: impl Into<String>,
+        node_id: impl Into<String>,
+        type_urls: Vec<String>,
+    ) -> Self {
+        ClientConfig {
+            endpoint: endpoint.into(),
+            node: Node {
+                id: node_id.into(),
+                ..Default::default()
+            },
+            type_urls,
+            consistent: false,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Resources of one type the client accepted.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AcceptedType {
+    pub version: String,
+    pub resources: Vec<Any>,
+}
+
+/// What the client holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClientState {
+    /// Whether a stream is up right now.
+    pub connected: bool,
+    /// Whether every subscribed type has been received at least once.
+    pub synced: bool,
+    pub types: BTreeMap<String, Arc<AcceptedType>>,
+    /// The last NACK this client sent: (type URL, reason).
+    pub last_nack: Option<(String, String)>,
+}
+
+/// Checks resources before they are accepted; `Err(reason)` NACKs them.
+pub trait Validate: Send + Sync + 'static {
+    fn validate(&self, type_url: &str, resources: &[Any]) -> Result<(), String>;
+}
+
+impl<F> Validate for F
+where
+    F: Fn(&str, &[Any]) -> Result<(), String> + Send + Sync + 'static,
+{
+    fn validate(&self, type_url: &str, resources: &[Any]) -> Result<(), String> {
+        self(type_url, resources)
+    }
+}
+
+/// Accepts everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AcceptAll;
+
+impl Validate for AcceptAll {
+    fn validate(&self, _: &str, _: &[Any]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Starts the client; the task runs until the returned receiver's last clone is dropped.
+pub fn spawn(
+    config: ClientConfig,
+    validator: impl Validate,
+) -> (
+    watch::Receiver<Arc<ClientState>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = watch::channel(Arc::new(ClientState::default()));
+    let handle = tokio::spawn(run(config, Arc::new(validator), tx));
+    (rx, handle)
+}
+
+async fn run(
+    config: ClientConfig,
+    validator: Arc<dyn Validate>,
+    tx: watch::Sender<Arc<ClientState>>,
+) {
+    let mut backoff = config.initial_backoff;
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        match stream_once(&config, validator.as_ref(), &tx).await {
+            Ok(received) => {
+                if received {
+                    backoff = config.initial_backoff;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %config.endpoint, error = %e, "ADS stream failed; retrying");
+            }
+        }
+        tx.send_modify(|s| {
+            if s.connected {
+                let mut next = (**s).clone();
+                next.connected = false;
+                *s = Arc::new(next);
+            }
+        });
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(config.max_backoff);
+    }
+}
+
+/// One stream's life. Returns whether any response arrived (to reset the backoff).
+async fn stream_once(
+    config: &ClientConfig,
+    validator: &dyn Validate,
+    tx: &watch::Sender<Arc<ClientState>>,
+) -> Result<bool, tonic::Status> {
+    let mut client = AggregatedDiscoveryServiceClient::connect(config.endpoint.clone())
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let (req_tx, req_rx) = mpsc::channel::<DiscoveryRequest>(config.type_urls.len() + 4);
+    let current = tx.borrow().clone();
+    for (i, type_url) in config.type_urls.iter().enumerate() {
+        let version = current
+            .types
+            .get(type_url)
+            .map(|t| t.version.clone())
+            .unwrap_or_default();
+        let req = DiscoveryRequest {
+            node: (i == 0).then(|| config.node.clone()),
+            type_url: type_url.clone(),
+            version_info: version,
+            ..Default::default()
+        };
+        let _ = req_tx.send(req).await;
+    }
+    let mut inbound = client
+        .stream_aggregated_resources(ReceiverStream::new(req_rx))
+        .await?
+        .into_inner();
+    tx.send_modify(|s| {
+        let mut next = (**s).clone();
+        next.connected = true;
+        *s = Arc::new(next);
+    });
+    let mut pending: BTreeMap<String, AcceptedType> = BTreeMap::new();
+    let mut received = false;
+    while let Some(resp) = inbound.message().await? {
+        received = true;
+        if tx.is_closed() {
+            return Ok(received);
+        }
+        handle_response(config, validator, tx, &req_tx, &mut pending, resp).await;
+    }
+    Ok(received)
+}
+
+async fn handle_response(
+    config: &ClientConfig,
+    validator: &dyn Validate,
+    tx: &watch::Sender<Arc<ClientState>>,
+    req_tx: &mpsc::Sender<DiscoveryRequest>,
+    pending: &mut BTreeMap<String, AcceptedType>,
+    resp: DiscoveryResponse,
+) {
+    let verdict = validator.validate(&resp.type_url, &resp.resources);
+    let ack_version = match &verdict {
+        Ok(()) => resp.version_info.clone(),
+        Err(_) => tx
+            .borrow()
+            .types
+            .get(&resp.type_url)
+            .map(|t| t.version.clone())
+            .unwrap_or_default(),
+    };
+    let req = DiscoveryRequest {
+        type_url: resp.type_url.clone(),
+        version_info: ack_version,
+        response_nonce: resp.nonce.clone(),
+        error_detail: verdict.as_ref().err().map(|reason| RpcStatus {
+            code: 3, // INVALID_ARGUMENT
+            message: reason.clone(),
+            details: vec![],
+        }),
+        ..Default::default()
+    };
+    let _ = req_tx.send(req).await;
+    match verdict {
+        Err(reason) => {
+            tracing::warn!(type_url = %resp.type_url, %reason, "rejected a push; keeping the last good state");
+            let type_url = resp.type_url.clone();
+            tx.send_modify(|s| {
+                let mut next = (**s).clone();
+                next.last_nack = Some((type_url, reason));
+                *s = Arc::new(next);
+            });
+        }
+        Ok(()) => {
+            pending.insert(
+                resp.type_url.clone(),
+                AcceptedType {
+                    version: resp.version_info.clone(),
+                    resources: resp.resources,
+                },
+            );
+            let ready = !config.consistent
+                || config.type_urls.iter().all(|t| {
+                    pending
+                        .get(t)
+                        .is_some_and(|p| p.version == resp.version_info)
+                        || (!pending.contains_key(t)
+                            && tx
+                                .borrow()
+                                .types
+                                .get(t)
+                                .is_some_and(|a| a.version == resp.version_info))
+                });
+            if ready {
+                let batch = std::mem::take(pending);
+                tx.send_modify(|s| {
+                    let mut next = (**s).clone();
+                    for (t, accepted) in batch {
+                        next.types.insert(t, Arc::new(accepted));
+                    }
+                    next.synced = config.type_urls.iter().all(|t| next.types.contains_key(t));
+                    *s = Arc::new(next);
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! A state-of-the-world ADS server.
+//!
+//! Each stream runs one task. Requests go through [`StreamState`], a pure state machine that
+//! decides whether a request is an ACK, a NACK, a stale reply or a (re)subscription, and
+//! which responses to send; snapshot changes go through the same machine. The wire side only
+//! moves messages between tonic and the machine.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::snapshot::XdsSnapshot;
+use crate::status::SyncRegistry;
+
+/// Where a server's snapshots come from. A server may give each client its own view (pilot
+/// computes per proxy); galley gives everyone the same.
+pub trait SnapshotSource: Send + Sync + 'static {
+    fn snapshots(&self, node: &Node) -> watch::Receiver<Arc<XdsSnapshot>>;
+}
+
+impl SnapshotSource for watch::Receiver<Arc<XdsSnapshot>> {
+    fn snapshots(&self, _node: &Node) -> watch::Receiver<Arc<XdsSnapshot>> {
+        self.clone()
+    }
+}
+
+/// Hooks for metrics and logs; every method has a no-op default.
+pub trait Observer: Send + Sync + 'static {
+    fn connected(&self, _node_id: &str) {}
+    fn disconnected(&self, _node_id: &str) {}
+    fn pushed(&self, _node_id: &str, _type_url: &str, _resources: usize) {}
+    fn acked(&self, _node_id: &str, _type_url: &str, _version: &str) {}
+    fn nacked(&self, _node_id: &str, _type_url: &str, _version: &str, _reason: &str) {}
+}
+
+/// The default observer: logs NACKs, nothing else.
+#[derive(Debug, Default)]
+pub struct LogObserver;
+
+impl Observer for LogObserver {
+    fn nacked(&self, node_id: &str, type_url: &str, version: &str, reason: &str) {
+        tracing::warn!(
+            node = node_id,
+            type_url,
+            version,
+            reason,
+            "client rejected (NACKed) a push; it keeps its last good config"
+        );
+    }
+}
+
+/// What a client's request meant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// A first request, or a change of subscribed names.
+    Subscribe,
+    Ack {
+        version: String,
+    },
+    Nack {
+        version: String,
+        reason: String,
+    },
+    /// A reply to a response that is no longer the latest: ignored, as Envoy expects.
+    Stale,
+}
+
+#[derive(Debug, Default)]
+struct Subscription {
+    /// `None`: every resource of the type (wildcard).
+    names: Option<BTreeSet<String>>,
+    sent_version: Option<String>,
+    sent_nonce: Option<String>,
+}
+
+/// One stream's protocol state.
+#[derive(Debug, Default)]
+pub struct StreamState {
+    subs: BTreeMap<String, Subscription>,
+    nonce: u64,
+}
+
+impl StreamState {
+    /// Handles a request against the current snapshot: what it meant, and the response to
+    /// send, if any.
+    pub fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+        snap: &XdsSnapshot,
+    ) -> (Reply, Option<DiscoveryResponse>) {
+        let names: Option<BTreeSet<String>> = if req.resource_names.is_empty() {
+            None
+        } else {
+            Some(req.resource_names.iter().cloned().collect())
+        };
+        let mut reply = Reply::Subscribe;
+        if !req.response_nonce.is_empty() {
+            let latest = self
+                .subs
+                .get(&req.type_url)
+                .and_then(|s| s.sent_nonce.as_deref());
+            if latest != Some(req.response_nonce.as_str()) {
+                return (Reply::Stale, None);
+            }
+            reply = match &req.error_detail {
+                Some(status) => Reply::Nack {
+                    version: self
+                        .subs
+                        .get(&req.type_url)
+                        .and_then(|s| s.sent_version.clone())
+                        .unwrap_or_default(),
+                    reason: status.message.clone(),
+                },
+                None => Reply::Ack {
+                    version: req.version_info.clone(),
+                },
+            };
+        }
+        let sub = self.subs.entry(req.type_url.clone()).or_default();
+        let first = sub.sent_nonce.is_none();
+        let names_changed = sub.names != names;
+        sub.names = names;
+        if first || names_changed {
+            let resp = self.respond(&req.type_url, snap);
+            return (Reply::Subscribe, Some(resp));
+        }
+        (reply, None)
+    }
+
+    /// Responses for every subscribed type whose version differs from what was last sent.
+    pub fn on_snapshot(&mut self, snap: &XdsSnapshot) -> Vec<DiscoveryResponse> {
+        let due: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(t, s)| s.sent_version.as_deref() != Some(snap.version(t)))
+            .map(|(t, _)| t.clone())
+            .collect();
+        due.iter().map(|t| self.respond(t, snap)).collect()
+    }
+
+    fn respond(&mut self, type_url: &str, snap: &XdsSnapshot) -> DiscoveryResponse {
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        let sub = self.subs.entry(type_url.to_owned()).or_default();
+        let (version, resources) = match snap.get(type_url) {
+            Some(t) => (
+                t.version.clone(),
+                t.resources
+                    .iter()
+                    .filter(|(name, _)| sub.names.as_ref().is_none_or(|n| n.contains(*name)))
+                    .map(|(_, any)| any.clone())
+                    .collect(),
+            ),
+            None => (String::new(), Vec::new()),
+        };
+        sub.sent_version = Some(version.clone());
+        sub.sent_nonce = Some(nonce.clone());
+        DiscoveryResponse {
+            version_info: version,
+            resources,
+            type_url: type_url.to_owned(),
+            nonce,
+            ..Default::default()
+        }
+    }
+}
+
+/// The ADS service: hand it to tonic with [`AdsServer::into_service`].
+pub struct AdsServer<S> {
+    source: Arc<S>,
+    registry: Arc<SyncRegistry>,
+    observer: Arc<dyn Observer>,
+    next_id: AtomicU64,
+}
+
+impl<S> std::fmt::Debug for AdsServer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdsServer")
+            .field("connected", &self.registry.connected())
+            .finish()
+    }
+}
+
+impl<S: SnapshotSource> AdsServer<S> {
+    pub fn new(source: S) -> Self {
+        AdsServer {
+            source: Arc::new(source),
+            registry: Arc::new(SyncRegistry::default()),
+            observer: Arc::new(LogObserver),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// The sync status of every connected stream.
+    pub fn registry(&self) -> Arc<SyncRegistry> {
+        self.registry.clone()
+    }
+
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(256 << 20)
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: SnapshotSource> AggregatedDiscoveryService for AdsServer<S> {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let stream = StreamTask {
+            id,
+            source: self.source.clone(),
+            registry: self.registry.clone(),
+            observer: self.observer.clone(),
+        };
+        tokio::spawn(stream.run(inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented(
+            "this server speaks state-of-the-world ADS only (StreamAggregatedResources)",
+        ))
+    }
+}
+
+struct StreamTask<S> {
+    id: u64,
+    source: Arc<S>,
+    registry: Arc<SyncRegistry>,
+    observer: Arc<dyn Observer>,
+}
+
+impl<S: SnapshotSource> StreamTask<S> {
+    async fn run(
+        self,
+        mut inbound: Streaming<DiscoveryRequest>,
+        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) {
+        let first = match inbound.message().await {
+            Ok(Some(r)) => r,
+            _ => return,
+        };
+        let node = first.node.clone().unwrap_or_default();
+        let node_id = node.id.clone();
+        self.registry.insert(self.id, node_id.clone());
+        self.observer.connected(&node_id);
+        let span = tracing::debug_span!("ads", stream = self.id, node = %node_id);
+        let _enter = span.enter();
+        let mut snaps = self.source.snapshots(&node);
+        let mut state = StreamState::default();
+        let mut next = Some(first);
+        loop {
+            if let Some(req) = next.take() {
+                if let Some(n) = &req.node
+                    && !n.id.is_empty()
+                    && n.id != node_id
+                {
+                    self.registry.set_node(self.id, &n.id);
+                }
+                let snap = snaps.borrow().clone();
+                let (reply, resp) = state.on_request(&req, &snap);
+                self.record(&node_id, &req.type_url, &reply);
+                if let Some(resp) = resp
+                    && !self.send(&node_id, resp, &tx).await
+                {
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => next = Some(req),
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%status, "stream ended");
+                        break;
+                    }
+                },
+                changed = snaps.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let snap = snaps.borrow_and_update().clone();
+                    let mut open = true;
+                    for resp in state.on_snapshot(&snap) {
+                        if !self.send(&node_id, resp, &tx).await {
+                            open = false;
+                            break;
+                        }
+                    }
+                    if !open {
+                        break;
+                    }
+                }
+                _ = tx.closed() => break,
+            }
+        }
+        self.registry.remove(self.id);
+        self.observer.disconnected(&node_id);
+    }
+
+    fn record(&self, node_id: &str, type_url: &str, reply: &Reply) {
+        match reply {
+            Reply::Ack { version } => {
+                self.registry.update(self.id, type_url, |t| {
+                    t.acked_version = Some(version.clone());
+                    t.nacked = None;
+                });
+                self.observer.acked(node_id, type_url, version);
+            }
+            Reply::Nack { version, reason } => {
+                self.registry.update(self.id, type_url, |t| {
+                    t.nacked = Some((version.clone(), reason.clone()));
+                });
+                self.observer.nacked(node_id, type_url, version, reason);
+            }
+            Reply::Subscribe | Reply::Stale => {}
+        }
+    }
+
+    async fn send(
+        &self,
+        node_id: &str,
+        resp: DiscoveryResponse,
+        tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) -> bool {
+        let (type_url, version, nonce, n) = (
+            resp.type_url.clone(),
+            resp.version_info.clone(),
+            resp.nonce.clone(),
+            resp.resources.len(),
+        );
+        if tx.send(Ok(resp)).await.is_err() {
+            return false;
+        }
+        self.registry.update(self.id, &type_url, |t| {
+            t.sent_version = Some(version);
+            t.sent_nonce = Some(nonce);
+            t.pushes += 1;
+        });
+        self.observer.pushed(node_id, &type_url, n);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::TypeResources;
+    use envoy_types::pb::google::protobuf::Any;
+    use envoy_types::pb::google::rpc::Status as RpcStatus;
+
+    const T: &str = "example.com/Thing";
+
+    fn snap(version: &str, names: &[&str]) -> XdsSnapshot {
+        let mut t = TypeResources {
+            version: version.into(),
+            ..Default::default()
+        };
+        for n in names {
+            t.resources.insert(
+                (*n).into(),
+                Any {
+                    type_url: T.into(),
+                    value: n.as_bytes().to_vec(),
+                },
+            );
+        }
+        XdsSnapshot {
+            types: [(T.to_owned(), Arc::new(t))].into(),
+        }
+    }
+
+    fn req(nonce: &str, version: &str, names: &[&str]) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: T.into(),
+            response_nonce: nonce.into(),
+            version_info: version.into(),
+            resource_names: names.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn subscribe_ack_and_push() {
+        let mut st = StreamState::default();
+        let s1 = snap("1", &["a", "b"]);
+        let (reply, resp) = st.on_request(&req("", "", &[]), &s1);
+        assert_eq!(reply, Reply::Subscribe);
+        let resp = resp.unwrap();
+        assert_eq!((resp.version_info.as_str(), resp.resources.len()), ("1", 2));
+        let (reply, resp2) = st.on_request(&req(&resp.nonce, "1", &[]), &s1);
+        assert_eq!(
+            reply,
+            Reply::Ack {
+                version: "1".into()
+            }
+        );
+        assert!(resp2.is_none());
+        // Nothing new: no push.
+        assert!(st.on_snapshot(&s1).is_empty());
+        let pushed = st.on_snapshot(&snap("2", &["a"]));
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(pushed[0].version_info, "2");
+        assert_ne!(pushed[0].nonce, resp.nonce);
+    }
+
+    #[test]
+    fn nack_keeps_the_reason_and_is_not_resent() {
+        let mut st = StreamState::default();
+        let s1 = snap("1", &["a"]);
+        let resp = st.on_request(&req("", "", &[]), &s1).1.unwrap();
+        let mut nack = req(&resp.nonce, "", &[]);
+        nack.error_detail = Some(RpcStatus {
+            code: 3,
+            message: "bad thing a".into(),
+            details: vec![],
+        });
+        let (reply, again) = st.on_request(&nack, &s1);
+        assert_eq!(
+            reply,
+            Reply::Nack {
+                version: "1".into(),
+                reason: "bad thing a".into()
+            }
+        );
+        assert!(again.is_none());
+        assert!(st.on_snapshot(&s1).is_empty());
+    }
+
+    #[test]
+    fn stale_nonces_are_ignored_and_names_filter() {
+        let mut st = StreamState::default();
+        let s1 = snap("1", &["a", "b"]);
+        let first = st.on_request(&req("", "", &["b"]), &s1).1.unwrap();
+        assert_eq!(first.resources.len(), 1);
+        assert_eq!(first.resources[0].value, b"b");
+        let second = st.on_snapshot(&snap("2", &["a", "b"])).remove(0);
+        // A late ACK of the first response is stale.
+        assert_eq!(
+            st.on_request(&req(&first.nonce, "1", &["b"]), &s1).0,
+            Reply::Stale
+        );
+        // Changing the names re-sends.
+        let (reply, resp) = st.on_request(&req(&second.nonce, "2", &["a", "b"]), &s1);
+        assert_eq!(reply, Reply::Subscribe);
+        assert_eq!(resp.unwrap().resources.len(), 2);
+    }
+}
