@@ -453,3 +453,63 @@ value: \"2\"
         assert_eq!(docs[0].value, json!({"base": {"x": 1}, "copy": {"x": 1}}));
     }
 }
+
+/// Renders a value as a YAML document (without the leading `---`), keys in the value's
+/// order. Used for `get -o yaml` and for the files galley writes.
+pub fn to_yaml(value: &Value) -> String {
+    let mut out = String::new();
+    let mut emitter = yaml_rust2::YamlEmitter::new(&mut out);
+    emitter.multiline_strings(true);
+    if emitter.dump(&to_yaml_node(value)).is_err() {
+        // Writing into a String cannot fail; JSON is the faithful fallback anyway.
+        return serde_json::to_string_pretty(value).unwrap_or_default();
+    }
+    let body = out.strip_prefix("---\n").unwrap_or(&out).to_owned();
+    body + "\n"
+}
+
+fn to_yaml_node(value: &Value) -> yaml_rust2::Yaml {
+    use yaml_rust2::Yaml;
+    match value {
+        Value::Null => Yaml::Null,
+        Value::Bool(b) => Yaml::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Yaml::Integer(i),
+            None => Yaml::Real(n.to_string()),
+        },
+        Value::String(s) => Yaml::String(s.clone()),
+        Value::Array(items) => Yaml::Array(items.iter().map(to_yaml_node).collect()),
+        Value::Object(map) => {
+            let mut h = yaml_rust2::yaml::Hash::new();
+            for (k, v) in map {
+                h.insert(Yaml::String(k.clone()), to_yaml_node(v));
+            }
+            Yaml::Hash(h)
+        }
+    }
+}
+
+#[cfg(test)]
+mod emit_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn yaml_output_reads_back_identically() {
+        let v = json!({
+            "apiVersion": "config.istio.io/v1alpha2",
+            "kind": "metric",
+            "metadata": {"name": "doublerequestcount", "namespace": "istio-system"},
+            "spec": {
+                "value": "2",
+                "dimensions": {"message": "\"twice the fun!\"", "source": "source.service | \"unknown\""},
+                "flag": true, "n": 5, "x": 1.5, "empty": null, "list": ["a", "7s", "true", "10"],
+                "multi": "line one\nline two\n"
+            }
+        });
+        let text = to_yaml(&v);
+        let back = parse_documents(&text).unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].value, v, "{text}");
+    }
+}

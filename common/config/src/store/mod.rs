@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-pub use dir::{DirectoryStore, FileState};
+pub use dir::{DirectoryStore, FileState, FileWrite, Owner, TxError, TxView};
 pub use memory::{ApplyAction, ApplyOutcome, MemoryStore, StoreError};
 
 use crate::kind::Kind;

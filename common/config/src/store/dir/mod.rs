@@ -21,6 +21,8 @@ use crate::load::Loader;
 use crate::path::FieldPath;
 use crate::resource::{Resource, ResourceKey};
 
+mod journal;
+
 /// What a file currently contributes, and what is wrong with it.
 #[derive(Clone, Debug)]
 pub struct FileState {
@@ -41,6 +43,8 @@ struct FileEntry {
 #[derive(Debug)]
 struct DirState {
     files: BTreeMap<PathBuf, FileEntry>,
+    /// The highest resourceVersion handed out or found in a file.
+    last_rv: u64,
     /// Keys each file lost to an earlier file that defines the same resource.
     duplicates: BTreeMap<PathBuf, Vec<Diagnostic>>,
     current: Arc<Snapshot>,
@@ -50,6 +54,8 @@ struct DirState {
 pub struct DirectoryStore {
     dir: PathBuf,
     default_namespace: String,
+    /// Serialises rescans and transactions, so a transaction's files are read back together.
+    write: Mutex<()>,
     state: Mutex<DirState>,
     tx: watch::Sender<Arc<Snapshot>>,
 }
@@ -69,13 +75,16 @@ impl DirectoryStore {
         let store = DirectoryStore {
             dir,
             default_namespace: default_namespace.to_owned(),
+            write: Mutex::new(()),
             state: Mutex::new(DirState {
                 files: BTreeMap::new(),
+                last_rv: 0,
                 duplicates: BTreeMap::new(),
                 current: snap,
             }),
             tx,
         };
+        journal::recover(&store.dir)?;
         store.refresh();
         Ok(store)
     }
@@ -87,6 +96,11 @@ impl DirectoryStore {
     /// Rescans the directory; publishes a new snapshot if any resource changed. Returns
     /// whether one was published.
     pub fn refresh(&self) -> bool {
+        let _write = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        self.refresh_locked()
+    }
+
+    fn refresh_locked(&self) -> bool {
         let paths = config_files(&self.dir);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let present: HashSet<&PathBuf> = paths.iter().collect();
@@ -125,9 +139,14 @@ impl DirectoryStore {
                 entry.errors = errors;
             }
         }
-        let next = self.assemble(&mut state);
+        let mut next = self.assemble(&mut state);
         if next.resources == state.current.resources {
             return false;
+        }
+        // Every published change gets a higher version, deletions included.
+        if next.version <= state.current.version {
+            state.last_rv = state.last_rv.max(state.current.version) + 1;
+            next.version = state.last_rv;
         }
         let snap = Arc::new(next);
         state.current = snap.clone();
@@ -136,8 +155,19 @@ impl DirectoryStore {
     }
 
     /// Builds the snapshot from the files' good resources, first file (by path) wins a key.
+    /// A resource keeps the resourceVersion its file records (galley writes one); others get
+    /// a new one whenever their content changes.
     fn assemble(&self, state: &mut DirState) -> Snapshot {
-        let version = state.current.version + 1;
+        let recorded = state
+            .files
+            .values()
+            .flat_map(|e| e.good.iter())
+            .filter_map(|r| r.metadata.resource_version.as_deref()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        state.last_rv = state.last_rv.max(recorded);
+        let version = state.last_rv + 1;
+        let mut assigned = false;
         let mut resources: BTreeMap<ResourceKey, Arc<Resource>> = BTreeMap::new();
         let mut owner: BTreeMap<ResourceKey, PathBuf> = BTreeMap::new();
         let mut duplicates: BTreeMap<PathBuf, Vec<Diagnostic>> = BTreeMap::new();
@@ -157,27 +187,77 @@ impl DirectoryStore {
                     continue;
                 }
                 owner.insert(key.clone(), path.clone());
-                // Keep the published Arc (and its resourceVersion) when nothing changed.
-                let kept = state.current.resources.get(&key).filter(|old| {
-                    let mut a = old.metadata.clone();
-                    a.resource_version = None;
-                    a == r.metadata && old.spec == r.spec && old.raw == r.raw
-                });
-                let arc = match kept {
-                    Some(old) => old.clone(),
-                    None => {
-                        let mut r = r.clone();
-                        let mut meta = r.metadata.clone();
-                        meta.resource_version = Some(version.to_string());
-                        r.set_metadata(meta);
-                        Arc::new(r)
+                let arc = if r.metadata.resource_version.is_some() {
+                    match state.current.resources.get(&key) {
+                        Some(old) if old.as_ref() == r => old.clone(),
+                        _ => Arc::new(r.clone()),
+                    }
+                } else {
+                    // Keep the published Arc (and its resourceVersion) when nothing changed.
+                    let kept = state.current.resources.get(&key).filter(|old| {
+                        let mut a = old.metadata.clone();
+                        a.resource_version = None;
+                        a == r.metadata && old.spec == r.spec && old.raw == r.raw
+                    });
+                    match kept {
+                        Some(old) => old.clone(),
+                        None => {
+                            assigned = true;
+                            let mut r = r.clone();
+                            let mut meta = r.metadata.clone();
+                            meta.resource_version = Some(version.to_string());
+                            r.set_metadata(meta);
+                            Arc::new(r)
+                        }
                     }
                 };
                 resources.insert(key, arc);
             }
         }
         state.duplicates = duplicates;
-        Snapshot { version, resources }
+        if assigned {
+            state.last_rv = version;
+        }
+        Snapshot {
+            version: state.last_rv,
+            resources,
+        }
+    }
+
+    /// Runs `f` against the current state and writes the files it returns, atomically: after a
+    /// crash at any point, either every file of the transaction is in place or none is. The
+    /// store is rescanned before `f` (so hand edits are seen) and after the writes (so the
+    /// result is published as one snapshot before this returns).
+    pub fn transaction<T, E>(
+        &self,
+        f: impl FnOnce(&TxView<'_>) -> Result<(T, Vec<FileWrite>), E>,
+    ) -> Result<T, TxError<E>> {
+        let _write = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        self.refresh_locked();
+        let (value, writes) = {
+            let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut owners = BTreeMap::new();
+            for (path, entry) in &state.files {
+                let single = entry.good.len() == 1 && entry.errors.is_empty();
+                for r in &entry.good {
+                    owners.entry(r.key()).or_insert_with(|| Owner {
+                        path: path.strip_prefix(&self.dir).unwrap_or(path).to_path_buf(),
+                        single_document: single,
+                    });
+                }
+            }
+            let view = TxView {
+                snapshot: &state.current,
+                owners: &owners,
+                next_version: state.last_rv.max(state.current.version) + 1,
+            };
+            f(&view).map_err(TxError::Aborted)?
+        };
+        if !writes.is_empty() {
+            journal::commit(&self.dir, &writes).map_err(TxError::Io)?;
+            self.refresh_locked();
+        }
+        Ok(value)
     }
 
     /// Every file's contribution and problems.
@@ -213,6 +293,45 @@ impl DirectoryStore {
             }
         })
     }
+}
+
+/// Who holds a resource on disk.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    /// Relative to the store's directory.
+    pub path: PathBuf,
+    /// The file holds only this resource and is valid, so it may be rewritten whole.
+    pub single_document: bool,
+}
+
+/// What a transaction sees.
+#[derive(Debug)]
+pub struct TxView<'a> {
+    pub snapshot: &'a Snapshot,
+    owners: &'a BTreeMap<ResourceKey, Owner>,
+    /// The resourceVersion to give every resource this transaction changes.
+    pub next_version: u64,
+}
+
+impl TxView<'_> {
+    pub fn owner(&self, key: &ResourceKey) -> Option<&Owner> {
+        self.owners.get(key)
+    }
+}
+
+/// One file to write (or, with `content: None`, remove), relative to the store's directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileWrite {
+    pub path: PathBuf,
+    pub content: Option<Vec<u8>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TxError<E> {
+    #[error("{0}")]
+    Aborted(E),
+    #[error("writing the configuration directory failed: {0}")]
+    Io(std::io::Error),
 }
 
 impl ConfigStore for DirectoryStore {
