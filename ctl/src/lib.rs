@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod client;
 pub mod cmd;
+pub mod context;
+pub mod output;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -15,32 +18,63 @@ pub mod cmd;
     about = "Keel: Istio's service mesh, in Rust"
 )]
 pub struct Cli {
+    /// Galley's address (default: $KEEL_GALLEY, the context file, or 127.0.0.1:9093).
+    #[arg(long, global = true)]
+    pub galley: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Create or update resources from files (all or nothing).
+    Apply(cmd::apply::Args),
+    /// Show resources.
+    Get(cmd::get::Args),
+    /// Delete resources by file or by kind and name.
+    Delete(cmd::delete::Args),
+    /// Edit a resource in your editor; it is validated when you save.
+    Edit(cmd::edit::Args),
+    /// Add, change or remove labels.
+    Label(cmd::label::Args),
+    /// Show or set where keelctl finds galley.
+    Context(cmd::context::Args),
     /// Check configuration files the way Keel's control plane will, without applying them.
     Validate(cmd::validate::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Validate(args) => {
-            let stdout = std::io::stdout();
-            let stderr = std::io::stderr();
-            let ok = cmd::validate::run(
-                &args,
-                &mut std::io::stdin().lock(),
-                &mut stdout.lock(),
-                &mut stderr.lock(),
-            )?;
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let (mut out, mut err) = (stdout.lock(), stderr.lock());
+    let mut stdin = std::io::stdin().lock();
+    let ok = match &cli.command {
+        Command::Validate(args) => cmd::validate::run(args, &mut stdin, &mut out, &mut err)?,
+        Command::Context(args) => cmd::context::run(args, cli.galley.as_deref(), &mut out)?,
+        command => {
+            let client = client::GalleyClient::new(&context::galley_addr(cli.galley.as_deref())?);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                match command {
+                    Command::Apply(a) => {
+                        cmd::apply::run(a, &client, &mut stdin, &mut out, &mut err).await
+                    }
+                    Command::Get(a) => cmd::get::run(a, &client, &mut out, &mut err).await,
+                    Command::Delete(a) => {
+                        cmd::delete::run(a, &client, &mut stdin, &mut out, &mut err).await
+                    }
+                    Command::Edit(a) => cmd::edit::run(a, &client, &mut out, &mut err).await,
+                    Command::Label(a) => cmd::label::run(a, &client, &mut out, &mut err).await,
+                    Command::Validate(_) | Command::Context(_) => Ok(true),
+                }
+            })?
         }
-    }
+    };
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

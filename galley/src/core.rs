@@ -15,6 +15,13 @@ use serde::Serialize;
 
 use crate::metrics::Metrics;
 
+/// One input file of an apply or delete: its name (for diagnostics) and text.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+}
+
 /// What an apply or delete did to one resource.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -126,13 +133,14 @@ impl Galley {
     /// writing.
     pub fn apply(
         &self,
-        source: &str,
-        text: &str,
+        sources: &[Source],
         namespace: &str,
         dry_run: bool,
     ) -> Result<(Vec<Outcome>, Vec<String>), ApiError> {
         let mut loader = Loader::new().default_namespace(namespace);
-        loader.add_str(source, text);
+        for s in sources {
+            loader.add_str(&s.name, &s.text);
+        }
         let report = loader.finish();
         for o in &report.outcomes {
             let kind = o.key.as_ref().map(|k| k.kind.name()).unwrap_or("unknown");
@@ -145,9 +153,9 @@ impl Galley {
         }
         let warnings: Vec<String> = report.warnings().map(ToString::to_string).collect();
         if report.resources.is_empty() {
-            return Err(ApiError::BadRequest(format!(
-                "{source}: no objects passed to apply"
-            )));
+            return Err(ApiError::BadRequest(
+                "no objects passed to apply".to_owned(),
+            ));
         }
         let resources = report.resources;
         let outcomes = self
@@ -159,12 +167,13 @@ impl Galley {
     /// Deletes the resources `text` describes (as `kubectl delete -f`), all or none.
     pub fn delete_documents(
         &self,
-        source: &str,
-        text: &str,
+        sources: &[Source],
         namespace: &str,
     ) -> Result<Vec<Outcome>, ApiError> {
         let mut loader = Loader::new().default_namespace(namespace);
-        loader.add_str(source, text);
+        for s in sources {
+            loader.add_str(&s.name, &s.text);
+        }
         let report = loader.finish();
         // Deleting needs only the identity of each document, but a document whose kind or
         // name cannot be read is an error.

@@ -10,7 +10,9 @@
 //! | `GET /v1/files` | files in the config directory that have problems |
 //! | `GET /ready`, `GET /metrics`, `GET /debug/syncz` | readiness, Prometheus, ADS subscribers |
 //!
-//! Errors are `{"error": MESSAGE, "details": [...]}` with 400, 404, 409, 422 or 500.
+//! For apply and delete, a body of content type `application/vnd.keel.sources+json` holds
+//! several files at once, `{"sources": [{"name": FILE, "text": TEXT}, ...]}`, handled as one
+//! unit. Errors are `{"error": MESSAGE, "details": [...]}` with 400, 404, 409, 422 or 500.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -25,7 +27,7 @@ use keel_config::{Kind, LabelSelector, ResourceKey};
 use keel_xds::status::SyncRegistry;
 use serde_json::json;
 
-use crate::core::{ApiError, Galley};
+use crate::core::{ApiError, Galley, Source};
 
 const MAX_BODY: usize = 16 << 20;
 
@@ -112,6 +114,29 @@ fn parse_kind(text: &str) -> Result<Kind, ApiError> {
     })
 }
 
+const SOURCES_TYPE: &str = "application/vnd.keel.sources+json";
+
+/// The request's input files: a sources envelope, or the body as one file named `source`.
+async fn body_sources(req: Request<Incoming>, source: String) -> Result<Vec<Source>, ApiError> {
+    let envelope = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(SOURCES_TYPE));
+    let text = body_text(req).await?;
+    if envelope {
+        #[derive(serde::Deserialize)]
+        struct Envelope {
+            sources: Vec<Source>,
+        }
+        let e: Envelope = serde_json::from_str(&text)
+            .map_err(|e| ApiError::BadRequest(format!("invalid {SOURCES_TYPE} body: {e}")))?;
+        Ok(e.sources)
+    } else {
+        Ok(vec![Source { name: source, text }])
+    }
+}
+
 async fn body_text(req: Request<Incoming>) -> Result<String, ApiError> {
     let collected = Limited::new(req.into_body(), MAX_BODY)
         .collect()
@@ -189,8 +214,8 @@ async fn apply(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiErr
         .cloned()
         .unwrap_or_else(|| "<request>".to_owned());
     let dry_run = q.get("dryRun").is_some_and(|v| v == "true");
-    let text = body_text(req).await?;
-    let (outcomes, warnings) = state.galley.apply(&source, &text, &namespace, dry_run)?;
+    let sources = body_sources(req, source).await?;
+    let (outcomes, warnings) = state.galley.apply(&sources, &namespace, dry_run)?;
     for o in &outcomes {
         tracing::info!(kind = %o.kind, namespace = %o.namespace, name = %o.name, action = %o.action, dry_run, "apply");
     }
@@ -210,8 +235,8 @@ async fn delete_documents(state: &HttpState, req: Request<Incoming>) -> Result<R
         .get("source")
         .cloned()
         .unwrap_or_else(|| "<request>".to_owned());
-    let text = body_text(req).await?;
-    let outcomes = state.galley.delete_documents(&source, &text, &namespace)?;
+    let sources = body_sources(req, source).await?;
+    let outcomes = state.galley.delete_documents(&sources, &namespace)?;
     Ok(json_response(200, &json!({ "results": outcomes })))
 }
 

@@ -1,3 +1,10 @@
 //! One module per keelctl command.
 
+pub mod apply;
+pub mod context;
+pub mod delete;
+pub mod edit;
+pub mod get;
+pub mod input;
+pub mod label;
 pub mod validate;

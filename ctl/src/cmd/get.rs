@@ -1,0 +1,151 @@
+//! `keelctl get KIND [NAME...] [-n NS | -A] [-l SELECTOR] [-o yaml|json|wide|name] [-L KEY]`.
+
+use std::io::Write;
+
+use keel_config::Kind;
+use serde_json::{Value, json};
+
+use crate::client::{ClientError, GalleyClient};
+use crate::output::{TableOptions, kind_ref, table};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The kind: name, plural or short name (vs, dr, gw, se, svc, deploy, ns, po, ...).
+    pub kind: String,
+    /// Names to get; all when none.
+    pub names: Vec<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// Label selector, e.g. `app=reviews,version!=v1`.
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    /// Output: yaml, json, wide or name (default: a table).
+    #[arg(short = 'o', long)]
+    pub output: Option<String>,
+    /// Show these labels as columns.
+    #[arg(short = 'L', long = "label-columns", value_delimiter = ',')]
+    pub label_columns: Vec<String>,
+    #[arg(long)]
+    pub show_labels: bool,
+}
+
+pub async fn run(
+    args: &Args,
+    client: &GalleyClient,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let Some(kind) = Kind::lookup(&args.kind) else {
+        writeln!(
+            err,
+            "error: the server doesn't have a resource type \"{}\"",
+            args.kind
+        )?;
+        return Ok(false);
+    };
+    let format = args.output.as_deref().unwrap_or("");
+    if !matches!(format, "" | "yaml" | "json" | "wide" | "name") {
+        writeln!(
+            err,
+            "error: unable to match a printer suitable for the output format \"{format}\", allowed formats are: json,name,wide,yaml"
+        )?;
+        return Ok(false);
+    }
+    let ns = if kind.is_namespaced() {
+        args.namespace.as_str()
+    } else {
+        ""
+    };
+    let mut items = Vec::new();
+    let mut ok = true;
+    if args.names.is_empty() {
+        let namespace = (!args.all_namespaces && kind.is_namespaced()).then_some(ns);
+        match client
+            .list(
+                &args.kind,
+                namespace,
+                args.selector.as_deref().unwrap_or(""),
+            )
+            .await
+        {
+            Ok(list) => {
+                for e in &list.file_errors {
+                    writeln!(err, "warning: {e}")?;
+                }
+                items = list.items;
+            }
+            Err(e) => {
+                writeln!(err, "{}", e.kubectl_line())?;
+                return Ok(false);
+            }
+        }
+        if items.is_empty() && matches!(format, "" | "wide") {
+            if kind.is_namespaced() && !args.all_namespaces {
+                writeln!(err, "No resources found in {ns} namespace.")?;
+            } else {
+                writeln!(err, "No resources found")?;
+            }
+            return Ok(true);
+        }
+    } else {
+        for name in &args.names {
+            match client.get(&args.kind, ns, name).await {
+                Ok(v) => items.push(v),
+                Err(e @ ClientError::Api { status: 404, .. }) => {
+                    writeln!(err, "{}", e.kubectl_line())?;
+                    ok = false;
+                }
+                Err(e) => {
+                    writeln!(err, "{}", e.kubectl_line())?;
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    let single = args.names.len() == 1 && items.len() == 1;
+    match format {
+        "yaml" | "json" => {
+            let value = if single {
+                items[0].clone()
+            } else {
+                as_list(items)
+            };
+            if format == "yaml" {
+                write!(out, "{}", keel_config::yaml::to_yaml(&value))?;
+            } else {
+                writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+            }
+        }
+        "name" => {
+            for i in &items {
+                writeln!(
+                    out,
+                    "{}/{}",
+                    kind_ref(kind),
+                    i.pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                )?;
+            }
+        }
+        _ => {
+            if !items.is_empty() {
+                let opts = TableOptions {
+                    all_namespaces: args.all_namespaces,
+                    wide: format == "wide",
+                    label_columns: args.label_columns.clone(),
+                    show_labels: args.show_labels,
+                };
+                write!(out, "{}", table(kind, &items, &opts))?;
+            }
+        }
+    }
+    Ok(ok)
+}
+
+fn as_list(items: Vec<Value>) -> Value {
+    json!({ "apiVersion": "v1", "kind": "List", "items": items, "metadata": { "resourceVersion": "" } })
+}
