@@ -417,7 +417,7 @@ fn free_port() -> SocketAddr {
 }
 
 fn spawn_galley(dir: &Path, http_addr: SocketAddr) -> std::process::Child {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_keel-galley"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keel-galley"))
         .arg("--config-dir")
         .arg(dir)
         .arg("--http-addr")
@@ -433,6 +433,8 @@ fn spawn_galley(dir: &Path, http_addr: SocketAddr) -> std::process::Child {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("galley did not become ready");
 }
 
