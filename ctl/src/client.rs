@@ -255,6 +255,78 @@ impl GalleyClient {
     }
 }
 
+impl GalleyClient {
+    /// Follows changes to `kind`: calls `on_event(type, object)` for each event (the current
+    /// objects first, as ADDED) until it returns false or the stream ends.
+    pub async fn watch(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+        selector: &str,
+        mut on_event: impl FnMut(&str, &Value) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut q = format!(
+            "{}/v1/watch/{}?selector={}",
+            self.base,
+            enc(kind),
+            enc(selector)
+        );
+        if let Some(ns) = namespace {
+            q.push_str(&format!("&namespace={}", enc(ns)));
+        }
+        let unreachable = |reason: String| ClientError::Unreachable {
+            addr: self.base.clone(),
+            reason,
+        };
+        let req = Request::builder()
+            .uri(&q)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| unreachable(root_cause(&e)))?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        if status >= 400 {
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let e: ErrorBody = serde_json::from_slice(&bytes).unwrap_or(ErrorBody {
+                error: String::from_utf8_lossy(&bytes).into_owned(),
+                details: vec![],
+            });
+            return Err(ClientError::Api {
+                status,
+                message: e.error,
+                details: e.details,
+            });
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| unreachable(e.to_string()))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            buf.extend_from_slice(data);
+            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                let Ok(event) = serde_json::from_slice::<Value>(&line) else {
+                    continue;
+                };
+                let kind = event.get("type").and_then(Value::as_str).unwrap_or("");
+                if !on_event(kind, event.get("object").unwrap_or(&Value::Null)) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn root_cause(e: &dyn std::error::Error) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {

@@ -292,3 +292,57 @@ fn a_missing_galley_is_a_clear_error_and_the_context_file_is_used() {
         "No resources found in default namespace."
     );
 }
+
+#[test]
+fn get_watch_prints_changes_as_they_happen() {
+    use std::io::BufRead;
+    let env = Env::start("watch");
+    let net = shared().join("istio-samples/1.0/samples/bookinfo/networking");
+    assert!(
+        env.keelctl(&[
+            "apply",
+            "-f",
+            net.join("virtual-service-all-v1.yaml").to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keelctl"))
+        .args(["--galley", &env.galley, "get", "vs", "-w"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a line from get -w")
+    };
+    assert!(next().starts_with("NAME"));
+    let initial: Vec<String> = (0..4).map(|_| next()).collect();
+    assert!(
+        initial.iter().any(|l| l.starts_with("reviews ")),
+        "{initial:?}"
+    );
+    // A change shows up as a new row.
+    let o = env.keelctl(&[
+        "apply",
+        "-f",
+        net.join("bookinfo-gateway.yaml").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let row = next();
+    assert!(
+        row.starts_with("bookinfo ") && row.contains("bookinfo-gateway"),
+        "{row}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -7,6 +7,7 @@
 //! | `GET /v1/resources/KIND?namespace=NS&selector=SEL` | list (no namespace: all namespaces) |
 //! | `GET /v1/resources/KIND/NS/NAME` | one object (`-` as NS for cluster-scoped kinds) |
 //! | `DELETE /v1/resources/KIND/NS/NAME` | delete one |
+//! | `GET /v1/watch/KIND?namespace=NS&selector=SEL` | JSON lines of ADDED/MODIFIED/DELETED events, first the current objects |
 //! | `GET /v1/files` | files in the config directory that have problems |
 //! | `GET /ready`, `GET /metrics`, `GET /debug/syncz` | readiness, Prometheus, ADS subscribers |
 //!
@@ -20,7 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use keel_config::{Kind, LabelSelector, ResourceKey};
@@ -39,11 +42,12 @@ pub struct HttpState {
     pub syncs: Arc<SyncRegistry>,
 }
 
-type Resp = Response<Full<Bytes>>;
+type Body = BoxBody<Bytes, Infallible>;
+type Resp = Response<Body>;
 
 fn json_response(status: u16, value: &serde_json::Value) -> Resp {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -53,7 +57,7 @@ fn json_response(status: u16, value: &serde_json::Value) -> Resp {
 }
 
 fn text_response(status: StatusCode, body: String, content_type: &'static str) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -175,6 +179,7 @@ pub async fn handle(state: Arc<HttpState>, req: Request<Incoming>) -> Result<Res
         (&Method::POST, ["v1", "apply"]) => apply(&state, req).await,
         (&Method::POST, ["v1", "delete"]) => delete_documents(&state, req).await,
         (&Method::GET, ["v1", "files"]) => Ok(files(&state)),
+        (&Method::GET, ["v1", "watch", kind]) => watch(&state, &req, kind),
         (&Method::GET, ["v1", "resources", kind]) => list(&state, &req, kind),
         (&Method::GET, ["v1", "resources", kind, ns, name]) => key(kind, ns, name)
             .and_then(|k| state.galley.get(&k))
@@ -262,6 +267,78 @@ fn list(state: &HttpState, req: &Request<Incoming>, kind: &str) -> Result<Resp, 
         200,
         &json!({ "kind": kind.name(), "items": items, "fileErrors": problems }),
     ))
+}
+
+/// Streams changes to resources of `kind` as JSON lines, `{"type": "ADDED"|"MODIFIED"|
+/// "DELETED", "object": ...}`, starting with every current one as ADDED (kubectl's watch
+/// events). The stream lasts until the client goes away.
+fn watch(state: &HttpState, req: &Request<Incoming>, kind: &str) -> Result<Resp, ApiError> {
+    let kind = parse_kind(kind)?;
+    let q = query(req);
+    let selector = LabelSelector::parse(q.get("selector").map(String::as_str).unwrap_or(""))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let namespace = q.get("namespace").filter(|_| kind.is_namespaced()).cloned();
+    let mut snapshots = keel_config::store::ConfigStore::subscribe(state.galley.store.as_ref());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let wanted = move |r: &keel_config::Resource| {
+        r.kind == kind
+            && namespace.as_deref().is_none_or(|ns| r.namespace() == ns)
+            && selector.matches(r.labels())
+    };
+    tokio::spawn(async move {
+        let line = |kind: &str, obj: serde_json::Value| {
+            let mut v =
+                serde_json::to_vec(&json!({ "type": kind, "object": obj })).unwrap_or_default();
+            v.push(b'\n');
+            Bytes::from(v)
+        };
+        let mut last = snapshots.borrow_and_update().clone();
+        for r in last.resources.values().filter(|r| wanted(r)) {
+            if tx.send(line("ADDED", r.to_value())).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            tokio::select! {
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = tx.closed() => return,
+            }
+            let next = snapshots.borrow_and_update().clone();
+            for change in next.diff(&last) {
+                let event = match &change {
+                    keel_config::store::Change::Added(r) if wanted(r) => {
+                        line("ADDED", r.to_value())
+                    }
+                    keel_config::store::Change::Updated(r) if wanted(r) => {
+                        line("MODIFIED", r.to_value())
+                    }
+                    keel_config::store::Change::Deleted(key) => match last.get(key) {
+                        Some(old) if wanted(old) => line("DELETED", old.to_value()),
+                        _ => continue,
+                    },
+                    _ => continue,
+                };
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            last = next;
+        }
+    });
+    let stream =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |b| {
+            Ok::<_, Infallible>(Frame::data(b))
+        });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json-seq"),
+    );
+    Ok(r)
 }
 
 fn files(state: &HttpState) -> Resp {

@@ -30,6 +30,9 @@ pub struct Args {
     pub label_columns: Vec<String>,
     #[arg(long)]
     pub show_labels: bool,
+    /// After listing, keep printing changes as they happen.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
 }
 
 pub async fn run(
@@ -59,6 +62,9 @@ pub async fn run(
     } else {
         ""
     };
+    if args.watch {
+        return watch(args, kind, ns, client, out, err).await;
+    }
     let mut items = Vec::new();
     let mut ok = true;
     if args.names.is_empty() {
@@ -144,6 +150,79 @@ pub async fn run(
         }
     }
     Ok(ok)
+}
+
+/// `get -w`: a row per event, the header once; `-o name|json|yaml` print each object.
+async fn watch(
+    args: &Args,
+    kind: Kind,
+    ns: &str,
+    client: &GalleyClient,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let namespace = (!args.all_namespaces && kind.is_namespaced()).then_some(ns);
+    let opts = TableOptions {
+        all_namespaces: args.all_namespaces,
+        wide: args.output.as_deref() == Some("wide"),
+        label_columns: args.label_columns.clone(),
+        show_labels: args.show_labels,
+    };
+    let mut header_done = false;
+    let mut write_err = None;
+    let result = client
+        .watch(
+            &args.kind,
+            namespace,
+            args.selector.as_deref().unwrap_or(""),
+            |_event, obj| {
+                let text = match args.output.as_deref() {
+                    Some("name") => format!(
+                        "{}/{}\n",
+                        kind_ref(kind),
+                        obj.pointer("/metadata/name")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                    ),
+                    Some("json") => format!(
+                        "{}\n",
+                        serde_json::to_string_pretty(obj).unwrap_or_default()
+                    ),
+                    Some("yaml") => format!("---\n{}", keel_config::yaml::to_yaml(obj)),
+                    _ => {
+                        let t = table(kind, std::slice::from_ref(obj), &opts);
+                        let mut lines = t.lines();
+                        let header = lines.next().unwrap_or("");
+                        let row = lines.next().unwrap_or("");
+                        let text = if header_done {
+                            format!("{row}\n")
+                        } else {
+                            format!("{header}\n{row}\n")
+                        };
+                        header_done = true;
+                        text
+                    }
+                };
+                match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        write_err = Some(e);
+                        false
+                    }
+                }
+            },
+        )
+        .await;
+    if let Some(e) = write_err {
+        return Err(e.into());
+    }
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            writeln!(err, "{}", e.kubectl_line())?;
+            Ok(false)
+        }
+    }
 }
 
 fn as_list(items: Vec<Value>) -> Value {
