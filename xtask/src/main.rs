@@ -10,6 +10,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser, Debug)]
 #[command(name = "cargo xtask", about = "Keel's project automation")]
 struct Cli {
@@ -30,6 +32,21 @@ enum Task {
     },
     /// Run the local mesh with Bookinfo (not there yet: says what is missing).
     Demo,
+    /// Benchmarks (numbers go to target/bench/; never assertions).
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchWhat {
+    /// Bookinfo's own time per request on loopback, per service (release build).
+    Samples {
+        /// Requests per endpoint.
+        #[arg(long, default_value_t = 5000)]
+        requests: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -40,6 +57,9 @@ fn main() -> ExitCode {
             nextest_args,
         } => test(no_lint, &nextest_args),
         Task::Demo => demo(),
+        Task::Bench { what } => match what {
+            BenchWhat::Samples { requests } => bench::samples(&workspace_root(), requests),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
