@@ -240,6 +240,15 @@ fn label_and_label_columns() {
         "{}",
         stderr(&o)
     );
+    // `key=value-` is a value (refused by validation: label values end alphanumeric), never a
+    // removal of a key called "key=value".
+    let o = env.keelctl(&["label", "ns", "default", "build=v1-"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("metadata.labels.build: invalid label value \"v1-\""),
+        "{}",
+        stderr(&o)
+    );
     let o = env.keelctl(&["get", "ns", "-L", "istio-injection"]);
     let out = stdout(&o);
     let lines: Vec<&str> = out.lines().collect();

@@ -270,7 +270,16 @@ fn not_found(key: &ResourceKey) -> String {
 /// The file that holds `key`, if galley may rewrite or remove it whole.
 fn owned_path(view: &TxView<'_>, key: &ResourceKey) -> Result<PathBuf, ApiError> {
     match view.owner(key) {
-        None => Ok(managed_path(key)),
+        None => {
+            let path = managed_path(key);
+            if view.path_holds_other(&path, key) {
+                return Err(ApiError::Conflict(format!(
+                    "{key} would be written to {}, which holds something else (edit or move that file)",
+                    path.display()
+                )));
+            }
+            Ok(path)
+        }
         Some(owner) if owner.single_document => Ok(owner.path.clone()),
         Some(owner) => Err(ApiError::Conflict(format!(
             "{key} is defined in {}, a file with other documents (or with errors); edit that file instead",

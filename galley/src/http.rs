@@ -176,17 +176,23 @@ pub async fn handle(state: Arc<HttpState>, req: Request<Incoming>) -> Result<Res
             ));
         }
         (&Method::GET, ["debug", "syncz"]) => Ok(syncz(&state.syncs)),
-        (&Method::POST, ["v1", "apply"]) => apply(&state, req).await,
-        (&Method::POST, ["v1", "delete"]) => delete_documents(&state, req).await,
+        (&Method::POST, ["v1", "apply"]) => apply(state.clone(), req).await,
+        (&Method::POST, ["v1", "delete"]) => delete_documents(state.clone(), req).await,
         (&Method::GET, ["v1", "files"]) => Ok(files(&state)),
         (&Method::GET, ["v1", "watch", kind]) => watch(&state, &req, kind),
         (&Method::GET, ["v1", "resources", kind]) => list(&state, &req, kind),
         (&Method::GET, ["v1", "resources", kind, ns, name]) => key(kind, ns, name)
             .and_then(|k| state.galley.get(&k))
             .map(|r| json_response(200, &r.to_value())),
-        (&Method::DELETE, ["v1", "resources", kind, ns, name]) => key(kind, ns, name)
-            .and_then(|k| state.galley.delete(&[k]))
-            .map(|o| json_response(200, &json!({ "results": o }))),
+        (&Method::DELETE, ["v1", "resources", kind, ns, name]) => match key(kind, ns, name) {
+            Ok(k) => {
+                let st = state.clone();
+                blocking(move || st.galley.delete(&[k]))
+                    .await
+                    .map(|o| json_response(200, &json!({ "results": o })))
+            }
+            Err(e) => Err(e),
+        },
         _ => Err(ApiError::NotFound(format!(
             "no such endpoint: {method} {path}"
         ))),
@@ -208,7 +214,16 @@ fn key(kind: &str, ns: &str, name: &str) -> Result<ResourceKey, ApiError> {
     })
 }
 
-async fn apply(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+/// Runs store writes (locks, fsyncs) off the async workers that serve ADS and the API.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("the write task failed: {e}")))?
+}
+
+async fn apply(state: Arc<HttpState>, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let q = query(&req);
     let namespace = q
         .get("namespace")
@@ -220,7 +235,9 @@ async fn apply(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiErr
         .unwrap_or_else(|| "<request>".to_owned());
     let dry_run = q.get("dryRun").is_some_and(|v| v == "true");
     let sources = body_sources(req, source).await?;
-    let (outcomes, warnings) = state.galley.apply(&sources, &namespace, dry_run)?;
+    let st = state.clone();
+    let (outcomes, warnings) =
+        blocking(move || st.galley.apply(&sources, &namespace, dry_run)).await?;
     for o in &outcomes {
         tracing::info!(kind = %o.kind, namespace = %o.namespace, name = %o.name, action = %o.action, dry_run, "apply");
     }
@@ -230,7 +247,7 @@ async fn apply(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiErr
     ))
 }
 
-async fn delete_documents(state: &HttpState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+async fn delete_documents(state: Arc<HttpState>, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let q = query(&req);
     let namespace = q
         .get("namespace")
@@ -241,7 +258,8 @@ async fn delete_documents(state: &HttpState, req: Request<Incoming>) -> Result<R
         .cloned()
         .unwrap_or_else(|| "<request>".to_owned());
     let sources = body_sources(req, source).await?;
-    let outcomes = state.galley.delete_documents(&sources, &namespace)?;
+    let st = state.clone();
+    let outcomes = blocking(move || st.galley.delete_documents(&sources, &namespace)).await?;
     Ok(json_response(200, &json!({ "results": outcomes })))
 }
 

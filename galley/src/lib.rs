@@ -159,8 +159,14 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
     let http_state = state.clone();
     tasks.push(tokio::spawn(async move {
         loop {
-            let Ok((stream, peer)) = http_listener.accept().await else {
-                continue;
+            let (stream, peer) = match http_listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let st = http_state.clone();
             tokio::spawn(async move {

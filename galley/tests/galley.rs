@@ -500,3 +500,21 @@ fn every_acknowledged_apply_survives_sigkill() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_new_resource_never_overwrites_a_file_that_holds_another() {
+    let tmp = TempDir::new("collide");
+    let dir = tmp.0.join("default/virtualservices");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A hand-made file at the path galley would use for `reviews`, holding `ratings`.
+    let ratings = "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata:\n  name: ratings\nspec:\n  hosts: [ratings]\n  http:\n  - route:\n    - destination: {host: ratings}\n";
+    std::fs::write(dir.join("reviews.yaml"), ratings).unwrap();
+    let g = galley(&tmp.0);
+    let reviews = ratings.replace("ratings", "reviews");
+    let err = g.apply(&src("r", &reviews), "default", false).unwrap_err();
+    assert_eq!(err.status(), 409, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("reviews.yaml")).unwrap(),
+        ratings
+    );
+}

@@ -22,17 +22,20 @@ fn parse_ruby_integer(s: &str) -> Option<i64> {
         Some(b) => (true, b),
         None => (false, s.strip_prefix('+').unwrap_or(s)),
     };
-    let v = if let Some(hex) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
-        i64::from_str_radix(hex, 16).ok()?
-    } else if body.len() > 1 && body.starts_with('0') {
-        i64::from_str_radix(&body[1..], 8).ok()?
-    } else {
-        if body.is_empty() || !body.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        body.parse().ok()?
-    };
-    Some(if neg { -v } else { v })
+    // Digits only after the prefix: `from_str_radix` alone would take a second sign.
+    let (digits, radix) =
+        if let Some(hex) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
+            (hex, 16)
+        } else if body.len() > 1 && body.starts_with('0') {
+            (&body[1..], 8)
+        } else {
+            (body, 10)
+        };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    let v = i64::from_str_radix(digits, radix).ok()?;
+    if neg { v.checked_neg() } else { Some(v) }
 }
 
 pub async fn handle(req: Request<Incoming>) -> Resp {
@@ -76,6 +79,10 @@ mod tests {
         assert_eq!(parse_ruby_integer("010"), Some(8));
         assert_eq!(parse_ruby_integer("0x1f"), Some(31));
         assert_eq!(parse_ruby_integer("abc"), None);
+        assert_eq!(parse_ruby_integer("0x-1f"), None);
+        assert_eq!(parse_ruby_integer("0-7"), None);
+        assert_eq!(parse_ruby_integer("-0x8000000000000000"), None);
+        assert_eq!(parse_ruby_integer("09"), None);
         assert_eq!(parse_ruby_integer(""), None);
     }
 }

@@ -131,16 +131,17 @@ pub async fn handle(req: Request<Incoming>, cfg: &Config) -> Resp {
     let Some(id) = path.strip_prefix("/reviews/") else {
         return not_found();
     };
-    // JAX-RS: the id must be an int, else no route matches.
-    if id.parse::<i32>().is_err() {
+    // JAX-RS: the id must be an int, else no route matches; it is used as parsed ("007" is 7).
+    let Ok(id) = id.parse::<i32>() else {
         return not_found();
-    }
+    };
+    let id = id.to_string();
     let ratings = if cfg.enable_ratings {
-        fetch_ratings(cfg, id, req.headers()).await
+        fetch_ratings(cfg, &id, req.headers()).await
     } else {
         [Rating::None, Rating::None]
     };
-    json(StatusCode::OK, reviews_body(id, &ratings))
+    json(StatusCode::OK, reviews_body(&id, &ratings))
 }
 
 pub async fn run(listener: TcpListener, cfg: Config) {

@@ -72,6 +72,17 @@ pub struct YamlError {
     pub message: String,
 }
 
+/// The most values one input may hold once aliases are expanded.
+const MAX_NODES: usize = 1_000_000;
+
+fn node_count(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(node_count).sum::<usize>(),
+        Value::Object(m) => 1 + m.values().map(node_count).sum::<usize>(),
+        _ => 1,
+    }
+}
+
 /// Parses every document of `text`. Empty documents (only comments, or a trailing `---`)
 /// are dropped.
 pub fn parse_documents(text: &str) -> Result<Vec<YamlDocument>, YamlError> {
@@ -112,7 +123,11 @@ struct Builder {
     /// plus the slot being filled.
     path: FieldPath,
     positions: HashMap<String, Pos>,
-    anchors: HashMap<usize, Value>,
+    /// Anchored values and their sizes in nodes.
+    anchors: HashMap<usize, (Value, usize)>,
+    /// Nodes built so far, alias expansions included: bounded, so a few hundred bytes of
+    /// nested aliases cannot expand into gigabytes.
+    nodes: usize,
     documents: Vec<YamlDocument>,
     doc_start: Option<Pos>,
     root: Option<Value>,
@@ -182,6 +197,21 @@ impl Builder {
         }
     }
 
+    /// Adds `n` nodes to the total; false (and an error) past the limit.
+    fn count(&mut self, n: usize, pos: Pos) -> bool {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_NODES {
+            self.fail(
+                pos,
+                format!(
+                    "the input expands to more than {MAX_NODES} values (aliases nested too deep?)"
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
     fn open(&mut self, frame: Frame, pos: Pos) {
         // A collection cannot be a mapping key.
         if let Some(Frame::Map {
@@ -214,7 +244,8 @@ impl Builder {
             } => (Value::Object(map), anchor, start),
         };
         if anchor != 0 {
-            self.anchors.insert(anchor, value.clone());
+            let size = node_count(&value);
+            self.anchors.insert(anchor, (value.clone(), size));
         }
         if !self.stack.is_empty() {
             self.path.pop();
@@ -259,13 +290,17 @@ impl MarkedEventReceiver for Builder {
                     }
                 };
                 if anchor != 0 {
-                    self.anchors.insert(anchor, value.clone());
+                    self.anchors.insert(anchor, (value.clone(), 1));
                 }
-                self.place(value, pos, true);
+                if self.count(1, pos) {
+                    self.place(value, pos, true);
+                }
             }
             Event::Alias(id) => {
-                let value = self.anchors.get(&id).cloned().unwrap_or(Value::Null);
-                self.place(value, pos, false);
+                let (value, size) = self.anchors.get(&id).cloned().unwrap_or((Value::Null, 1));
+                if self.count(size, pos) {
+                    self.place(value, pos, false);
+                }
             }
             Event::SequenceStart(anchor, _) => {
                 self.open(
@@ -448,6 +483,19 @@ value: \"2\"
     }
 
     #[test]
+    fn refuses_alias_bombs() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let p = i - 1;
+            text.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let err = parse_documents(&text).unwrap_err();
+        assert!(err.message.contains("more than"), "{}", err.message);
+    }
+
+    #[test]
     fn expands_aliases() {
         let docs = parse_documents("base: &b {x: 1}\ncopy: *b\n").unwrap();
         assert_eq!(docs[0].value, json!({"base": {"x": 1}, "copy": {"x": 1}}));
@@ -464,8 +512,14 @@ pub fn to_yaml(value: &Value) -> String {
         // Writing into a String cannot fail; JSON is the faithful fallback anyway.
         return serde_json::to_string_pretty(value).unwrap_or_default();
     }
-    let body = out.strip_prefix("---\n").unwrap_or(&out).to_owned();
-    body + "\n"
+    let body = out.strip_prefix("---\n").unwrap_or(&out).to_owned() + "\n";
+    // The emitter quotes by its own rules, which are not quite the reader's (a string such as
+    // "0o17" could come back a number). Whatever does not read back identically is written
+    // as JSON, which is YAML too.
+    match parse_documents(&body) {
+        Ok(docs) if docs.len() == 1 && docs[0].value == *value => body,
+        _ => serde_json::to_string_pretty(value).unwrap_or_default() + "\n",
+    }
 }
 
 fn to_yaml_node(value: &Value) -> yaml_rust2::Yaml {
@@ -503,7 +557,7 @@ mod emit_tests {
             "spec": {
                 "value": "2",
                 "dimensions": {"message": "\"twice the fun!\"", "source": "source.service | \"unknown\""},
-                "flag": true, "n": 5, "x": 1.5, "empty": null, "list": ["a", "7s", "true", "10"],
+                "flag": true, "n": 5, "x": 1.5, "empty": null, "list": ["a", "7s", "true", "10", "0o17", "NULL", "True", ".inf", "0x1F"],
                 "multi": "line one\nline two\n"
             }
         });

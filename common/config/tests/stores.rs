@@ -239,3 +239,72 @@ async fn directory_watch_publishes_changes() {
     assert!(rx.borrow().get(&key("reviews")).is_some());
     task.abort();
 }
+
+#[test]
+fn directory_kubernetes_kinds_keep_their_version_while_unchanged() {
+    let tmp = TempDir::new("kube-rv");
+    std::fs::write(
+        tmp.0.join("svc.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: details\nspec:\n  ports: [{port: 9080, name: http}]\n  selector: {app: details}\n",
+    )
+    .unwrap();
+    let store = DirectoryStore::open(&tmp.0, "default").unwrap();
+    let v = store.snapshot().version;
+    assert!(
+        !store.refresh(),
+        "an unchanged Service must not be republished"
+    );
+    assert!(!store.refresh_settled());
+    assert_eq!(store.snapshot().version, v);
+}
+
+#[test]
+fn directory_hand_edit_under_an_old_version_gets_a_new_one() {
+    let tmp = TempDir::new("hand-rv");
+    let file = tmp.0.join("reviews.yaml");
+    let with_rv = |subset: &str| {
+        vs("reviews", subset).replace("  labels:", "  resourceVersion: \"7\"\n  labels:")
+    };
+    std::fs::write(&file, with_rv("v1")).unwrap();
+    let store = DirectoryStore::open(&tmp.0, "default").unwrap();
+    let rv = |s: &DirectoryStore| {
+        s.snapshot()
+            .get(&key("reviews"))
+            .unwrap()
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(rv(&store), "7");
+    // Edited by hand, the recorded version left as it was: the content changed, so must the
+    // version (a writer still holding 7 must get a conflict, not overwrite the edit).
+    std::fs::write(&file, with_rv("v2")).unwrap();
+    assert!(store.refresh());
+    assert_ne!(rv(&store), "7");
+}
+
+#[test]
+fn directory_settled_rescans_skip_a_file_caught_mid_write() {
+    let tmp = TempDir::new("settle");
+    let file = tmp.0.join("reviews.yaml");
+    std::fs::write(&file, vs("reviews", "v1")).unwrap();
+    let store = DirectoryStore::open(&tmp.0, "default").unwrap();
+    // Truncated by an editor that is about to write the new content.
+    std::fs::write(&file, "").unwrap();
+    assert!(
+        !store.refresh_settled(),
+        "one sighting of a changed file is not enough"
+    );
+    assert!(store.snapshot().get(&key("reviews")).is_some());
+    std::fs::write(&file, vs("reviews", "v2")).unwrap();
+    assert!(!store.refresh_settled());
+    assert!(
+        store.refresh_settled(),
+        "the same content twice in a row is taken"
+    );
+    assert_eq!(
+        subset_of(store.snapshot().get(&key("reviews")).unwrap()),
+        "v2"
+    );
+}

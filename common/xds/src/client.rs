@@ -117,15 +117,13 @@ async fn run(
         if tx.is_closed() {
             return;
         }
-        match stream_once(&config, validator.as_ref(), &tx).await {
-            Ok(received) => {
-                if received {
-                    backoff = config.initial_backoff;
-                }
-            }
-            Err(e) => {
-                tracing::debug!(endpoint = %config.endpoint, error = %e, "ADS stream failed; retrying");
-            }
+        let (received, error) = stream_once(&config, validator.as_ref(), &tx).await;
+        if received {
+            // The server was there: the next attempt starts from the shortest wait.
+            backoff = config.initial_backoff;
+        }
+        if let Some(e) = error {
+            tracing::debug!(endpoint = %config.endpoint, error = %e, "ADS stream failed; retrying");
         }
         tx.send_modify(|s| {
             if s.connected {
@@ -139,12 +137,23 @@ async fn run(
     }
 }
 
-/// One stream's life. Returns whether any response arrived (to reset the backoff).
+/// One stream's life: whether any response arrived (to reset the backoff), and how it ended.
 async fn stream_once(
     config: &ClientConfig,
     validator: &dyn Validate,
     tx: &watch::Sender<Arc<ClientState>>,
-) -> Result<bool, tonic::Status> {
+) -> (bool, Option<tonic::Status>) {
+    let mut received = false;
+    let result = stream_inner(config, validator, tx, &mut received).await;
+    (received, result.err())
+}
+
+async fn stream_inner(
+    config: &ClientConfig,
+    validator: &dyn Validate,
+    tx: &watch::Sender<Arc<ClientState>>,
+    received: &mut bool,
+) -> Result<(), tonic::Status> {
     let mut client = AggregatedDiscoveryServiceClient::connect(config.endpoint.clone())
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
@@ -174,15 +183,14 @@ async fn stream_once(
         *s = Arc::new(next);
     });
     let mut pending: BTreeMap<String, AcceptedType> = BTreeMap::new();
-    let mut received = false;
     while let Some(resp) = inbound.message().await? {
-        received = true;
+        *received = true;
         if tx.is_closed() {
-            return Ok(received);
+            return Ok(());
         }
         handle_response(config, validator, tx, &req_tx, &mut pending, resp).await;
     }
-    Ok(received)
+    Ok(())
 }
 
 async fn handle_response(

@@ -241,7 +241,12 @@ impl<S: SnapshotSource> AggregatedDiscoveryService for AdsServer<S> {
             registry: self.registry.clone(),
             observer: self.observer.clone(),
         };
-        tokio::spawn(stream.run(inbound, tx));
+        // The span is attached to the task, not entered across awaits.
+        let span = tracing::debug_span!("ads", stream = id);
+        tokio::spawn(tracing::Instrument::instrument(
+            stream.run(inbound, tx),
+            span,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -276,8 +281,6 @@ impl<S: SnapshotSource> StreamTask<S> {
         let node_id = node.id.clone();
         self.registry.insert(self.id, node_id.clone());
         self.observer.connected(&node_id);
-        let span = tracing::debug_span!("ads", stream = self.id, node = %node_id);
-        let _enter = span.enter();
         let mut snaps = self.source.snapshots(&node);
         let mut state = StreamState::default();
         let mut next = Some(first);

@@ -64,9 +64,8 @@ pub async fn run(
     };
     let mut changed = false;
     for l in &args.labels {
-        if let Some(key) = l.strip_suffix('-') {
-            changed |= labels.remove(key).is_some();
-        } else if let Some((k, v)) = l.split_once('=') {
+        // `key=value` first: a value may end in '-' (version=v1-); `key-` has no '='.
+        if let Some((k, v)) = l.split_once('=') {
             match labels.get(k).and_then(Value::as_str) {
                 Some(old) if old == v => {}
                 Some(old) if !args.overwrite => {
@@ -81,6 +80,8 @@ pub async fn run(
                     changed = true;
                 }
             }
+        } else if let Some(key) = l.strip_suffix('-') {
+            changed |= labels.remove(key).is_some();
         } else {
             writeln!(
                 err,

@@ -40,58 +40,88 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Applies `writes` under `dir` atomically (see the module docs).
 pub(super) fn commit(dir: &Path, writes: &[FileWrite]) -> io::Result<()> {
     let mut records = Vec::with_capacity(writes.len() + 1);
+    let mut temps = Vec::new();
+    // Every directory a file lands in, and their ancestors up to `dir`: each is fsynced so
+    // that the temporaries (and later the renames) survive a power loss.
     let mut dirs = std::collections::BTreeSet::new();
-    for w in writes {
-        if w.path.is_absolute()
-            || w.path
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{} is outside the configuration directory",
-                    w.path.display()
-                ),
-            ));
-        }
-        let target = dir.join(&w.path);
-        let parent = target.parent().unwrap_or(dir).to_path_buf();
-        match &w.content {
-            Some(content) => {
-                fs::create_dir_all(&parent)?;
-                let tmp = temp_path(&target);
-                let mut f = File::create(&tmp)?;
-                f.write_all(content)?;
-                f.sync_all()?;
-                records.push(Record::Write {
-                    tmp: tmp.strip_prefix(dir).unwrap_or(&tmp).to_path_buf(),
-                    target: w.path.clone(),
-                });
+    let staged = (|| -> io::Result<()> {
+        for w in writes {
+            if w.path.is_absolute()
+                || w.path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} is outside the configuration directory",
+                        w.path.display()
+                    ),
+                ));
             }
-            None => records.push(Record::Remove {
-                target: w.path.clone(),
-            }),
+            let target = dir.join(&w.path);
+            let parent = target.parent().unwrap_or(dir).to_path_buf();
+            let mut d = parent.as_path();
+            while d.starts_with(dir) {
+                dirs.insert(d.to_path_buf());
+                match d.parent() {
+                    Some(p) if d != dir => d = p,
+                    _ => break,
+                }
+            }
+            match &w.content {
+                Some(content) => {
+                    fs::create_dir_all(&parent)?;
+                    let tmp = temp_path(&target);
+                    temps.push(tmp.clone());
+                    let mut f = File::create(&tmp)?;
+                    f.write_all(content)?;
+                    f.sync_all()?;
+                    records.push(Record::Write {
+                        tmp: tmp.strip_prefix(dir).unwrap_or(&tmp).to_path_buf(),
+                        target: w.path.clone(),
+                    });
+                }
+                None => records.push(Record::Remove {
+                    target: w.path.clone(),
+                }),
+            }
         }
-        dirs.insert(parent);
+        for d in dirs.iter().rev() {
+            sync_dir(d)?;
+        }
+        records.push(Record::Commit);
+        let mut text = String::new();
+        for r in &records {
+            text.push_str(&serde_json::to_string(r).map_err(io::Error::other)?);
+            text.push('\n');
+        }
+        let mut f = File::create(dir.join(JOURNAL))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        sync_dir(dir)
+    })();
+    if let Err(e) = staged {
+        // Nothing was committed: take the temporaries (and any partial journal) away.
+        for t in &temps {
+            let _ = fs::remove_file(t);
+        }
+        let _ = fs::remove_file(dir.join(JOURNAL));
+        return Err(e);
     }
-    records.push(Record::Commit);
-    let mut text = String::new();
-    for r in &records {
-        text.push_str(&serde_json::to_string(r).map_err(io::Error::other)?);
-        text.push('\n');
+    // Committed: from here the transaction must complete, now or at the next open.
+    let applied = replay(dir, &records).and_then(|()| {
+        for d in dirs.iter().rev() {
+            sync_dir(d)?;
+        }
+        fs::remove_file(dir.join(JOURNAL))?;
+        sync_dir(dir)
+    });
+    if let Err(e) = applied {
+        let _ = recover(dir);
+        return Err(e);
     }
-    let journal = dir.join(JOURNAL);
-    let mut f = File::create(&journal)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    sync_dir(dir)?;
-    replay(dir, &records)?;
-    for d in &dirs {
-        sync_dir(d)?;
-    }
-    fs::remove_file(&journal)?;
-    sync_dir(dir)
+    Ok(())
 }
 
 fn replay(dir: &Path, records: &[Record]) -> io::Result<()> {

@@ -35,7 +35,10 @@ pub struct FileState {
 
 #[derive(Debug)]
 struct FileEntry {
+    /// Fingerprint of the content in force (good or reported).
     fingerprint: u64,
+    /// A changed content seen once by a settling rescan, not yet taken.
+    unsettled: Option<u64>,
     good: Vec<Resource>,
     errors: Vec<Diagnostic>,
 }
@@ -97,10 +100,18 @@ impl DirectoryStore {
     /// whether one was published.
     pub fn refresh(&self) -> bool {
         let _write = self.write.lock().unwrap_or_else(PoisonError::into_inner);
-        self.refresh_locked()
+        self.refresh_locked(false)
     }
 
-    fn refresh_locked(&self) -> bool {
+    /// A rescan that takes a changed file only once two scans in a row read the same
+    /// content, so a file caught halfway through being written (an editor truncating then
+    /// writing, `cat > file`) is never published. The background watcher uses this.
+    pub fn refresh_settled(&self) -> bool {
+        let _write = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        self.refresh_locked(true)
+    }
+
+    fn refresh_locked(&self, settle: bool) -> bool {
         let paths = config_files(&self.dir);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let present: HashSet<&PathBuf> = paths.iter().collect();
@@ -111,12 +122,15 @@ impl DirectoryStore {
                 continue;
             };
             let fingerprint = fingerprint(&bytes);
-            if state
-                .files
-                .get(path)
-                .is_some_and(|e| e.fingerprint == fingerprint)
-            {
-                continue;
+            if let Some(e) = state.files.get_mut(path) {
+                if e.fingerprint == fingerprint {
+                    e.unsettled = None;
+                    continue;
+                }
+                if settle && e.unsettled != Some(fingerprint) {
+                    e.unsettled = Some(fingerprint);
+                    continue;
+                }
             }
             let text = String::from_utf8_lossy(&bytes);
             let mut loader = Loader::new().default_namespace(&self.default_namespace);
@@ -125,10 +139,12 @@ impl DirectoryStore {
             let errors: Vec<Diagnostic> = report.errors().cloned().collect();
             let entry = state.files.entry(path.clone()).or_insert(FileEntry {
                 fingerprint,
+                unsettled: None,
                 good: Vec::new(),
                 errors: Vec::new(),
             });
             entry.fingerprint = fingerprint;
+            entry.unsettled = None;
             if errors.is_empty() {
                 entry.good = report.resources;
                 entry.errors.clear();
@@ -187,28 +203,27 @@ impl DirectoryStore {
                     continue;
                 }
                 owner.insert(key.clone(), path.clone());
-                let arc = if r.metadata.resource_version.is_some() {
-                    match state.current.resources.get(&key) {
-                        Some(old) if old.as_ref() == r => old.clone(),
-                        _ => Arc::new(r.clone()),
+                let old = state.current.resources.get(&key);
+                let arc = match old {
+                    // Unchanged: keep the published Arc and its resourceVersion.
+                    Some(old) if same_but_version(old, r) => old.clone(),
+                    // A version recorded in the file (galley writes one) is kept when it is
+                    // new; a file whose content changed under an old version (a hand edit
+                    // that left the line, a revert) gets a fresh one, so a writer holding the
+                    // old version meets a conflict instead of overwriting the edit.
+                    _ if recorded_rv(r).is_some_and(|rv| {
+                        old.and_then(|o| recorded_rv(o)).is_none_or(|o| rv > o)
+                    }) =>
+                    {
+                        Arc::new(r.clone())
                     }
-                } else {
-                    // Keep the published Arc (and its resourceVersion) when nothing changed.
-                    let kept = state.current.resources.get(&key).filter(|old| {
-                        let mut a = old.metadata.clone();
-                        a.resource_version = None;
-                        a == r.metadata && old.spec == r.spec && old.raw == r.raw
-                    });
-                    match kept {
-                        Some(old) => old.clone(),
-                        None => {
-                            assigned = true;
-                            let mut r = r.clone();
-                            let mut meta = r.metadata.clone();
-                            meta.resource_version = Some(version.to_string());
-                            r.set_metadata(meta);
-                            Arc::new(r)
-                        }
+                    _ => {
+                        assigned = true;
+                        let mut r = r.clone();
+                        let mut meta = r.metadata.clone();
+                        meta.resource_version = Some(version.to_string());
+                        r.set_metadata(meta);
+                        Arc::new(r)
                     }
                 };
                 resources.insert(key, arc);
@@ -233,11 +248,20 @@ impl DirectoryStore {
         f: impl FnOnce(&TxView<'_>) -> Result<(T, Vec<FileWrite>), E>,
     ) -> Result<T, TxError<E>> {
         let _write = self.write.lock().unwrap_or_else(PoisonError::into_inner);
-        self.refresh_locked();
+        self.refresh_locked(true);
         let (value, writes) = {
             let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             let mut owners = BTreeMap::new();
+            let mut files = BTreeMap::new();
             for (path, entry) in &state.files {
+                let rel = path.strip_prefix(&self.dir).unwrap_or(path).to_path_buf();
+                files.insert(
+                    rel,
+                    (
+                        entry.good.iter().map(Resource::key).collect::<Vec<_>>(),
+                        !entry.errors.is_empty(),
+                    ),
+                );
                 let single = entry.good.len() == 1 && entry.errors.is_empty();
                 for r in &entry.good {
                     owners.entry(r.key()).or_insert_with(|| Owner {
@@ -249,13 +273,14 @@ impl DirectoryStore {
             let view = TxView {
                 snapshot: &state.current,
                 owners: &owners,
+                files: &files,
                 next_version: state.last_rv.max(state.current.version) + 1,
             };
             f(&view).map_err(TxError::Aborted)?
         };
         if !writes.is_empty() {
             journal::commit(&self.dir, &writes).map_err(TxError::Io)?;
-            self.refresh_locked();
+            self.refresh_locked(false);
         }
         Ok(value)
     }
@@ -288,8 +313,9 @@ impl DirectoryStore {
             loop {
                 tick.tick().await;
                 let Some(store) = weak.upgrade() else { return };
-                // File reads are small and few; a blocking-pool hop would cost more.
-                store.refresh();
+                // Reading files and taking the store's lock block: keep them off the
+                // async workers that serve ADS and the API.
+                let _ = tokio::task::spawn_blocking(move || store.refresh_settled()).await;
             }
         })
     }
@@ -309,6 +335,8 @@ pub struct Owner {
 pub struct TxView<'a> {
     pub snapshot: &'a Snapshot,
     owners: &'a BTreeMap<ResourceKey, Owner>,
+    /// Every file (relative path): the resources it holds, and whether it has errors.
+    files: &'a BTreeMap<PathBuf, (Vec<ResourceKey>, bool)>,
     /// The resourceVersion to give every resource this transaction changes.
     pub next_version: u64,
 }
@@ -316,6 +344,14 @@ pub struct TxView<'a> {
 impl TxView<'_> {
     pub fn owner(&self, key: &ResourceKey) -> Option<&Owner> {
         self.owners.get(key)
+    }
+
+    /// Whether writing `path` whole for `key` would destroy something else: a file there
+    /// that holds other resources, or content with errors.
+    pub fn path_holds_other(&self, path: &std::path::Path, key: &ResourceKey) -> bool {
+        self.files
+            .get(path)
+            .is_some_and(|(keys, errors)| *errors || keys.iter().any(|k| k != key))
     }
 }
 
@@ -346,6 +382,28 @@ impl ConfigStore for DirectoryStore {
     fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.tx.subscribe()
     }
+}
+
+fn recorded_rv(r: &Resource) -> Option<u64> {
+    r.metadata.resource_version.as_deref()?.parse().ok()
+}
+
+/// Equal apart from the resourceVersion (in the metadata, and in the typed object of the
+/// Kubernetes kinds, which carries metadata too).
+fn same_but_version(a: &Resource, b: &Resource) -> bool {
+    let strip = |r: &Resource| {
+        let mut r = r.clone();
+        let mut meta = r.metadata.clone();
+        meta.resource_version = None;
+        r.set_metadata(meta);
+        if let serde_json::Value::Object(m) = &mut r.raw
+            && let Some(serde_json::Value::Object(md)) = m.get_mut("metadata")
+        {
+            md.remove("resourceVersion");
+        }
+        r
+    };
+    strip(a) == strip(b)
 }
 
 fn fingerprint(bytes: &[u8]) -> u64 {
