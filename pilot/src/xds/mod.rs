@@ -3,6 +3,8 @@
 
 pub mod cds;
 pub mod eds;
+pub mod lds;
+pub mod rds;
 
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 

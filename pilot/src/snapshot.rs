@@ -1,0 +1,167 @@
+//! One proxy's complete xDS view: clusters, endpoints, listeners and routes, computed from the
+//! configuration snapshot and the registry. Pure.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use keel_config::load::qualify_host;
+use keel_config::networking::{DestinationRule, Gateway};
+use keel_config::store::Snapshot;
+use keel_config::{Kind, Spec};
+use keel_xds::{Any, TypeResources, XdsSnapshot};
+
+use crate::proxy::{Proxy, ProxyKind};
+use crate::registry::Registry;
+use crate::xds::rds::{RouteContext, ScopedVirtualService};
+use crate::xds::{any, cds, eds, lds, rds};
+
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT_TYPE: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+/// The configuration pilot works from: galley's snapshot and the registry built from it.
+#[derive(Debug, Default)]
+pub struct Mesh {
+    pub config: Snapshot,
+    pub registry: Registry,
+}
+
+impl Mesh {
+    pub fn new(config: Snapshot) -> Mesh {
+        let registry = Registry::from_config(&config);
+        Mesh { config, registry }
+    }
+
+    fn destination_rules(&self) -> HashMap<String, &DestinationRule> {
+        let mut out = HashMap::new();
+        for r in self.config.resources.values() {
+            if let Spec::DestinationRule(dr) = &r.spec {
+                out.entry(qualify_host(&dr.host, r.namespace()))
+                    .or_insert(dr);
+            }
+        }
+        out
+    }
+
+    fn virtual_services(&self) -> Vec<ScopedVirtualService<'_>> {
+        self.config
+            .resources
+            .values()
+            .filter_map(|r| match &r.spec {
+                Spec::VirtualService(vs) => Some(ScopedVirtualService {
+                    namespace: r.namespace(),
+                    spec: vs,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn gateways(&self) -> Vec<(String, &Gateway)> {
+        self.config
+            .resources
+            .iter()
+            .filter(|(k, _)| k.kind == Kind::Gateway)
+            .filter_map(|(k, r)| match &r.spec {
+                Spec::Gateway(g) => Some((format!("{}/{}", k.namespace, k.name), g)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn resources<M: prost::Message + prost::Name>(items: Vec<(String, M)>) -> Arc<TypeResources> {
+    let mut t = TypeResources::default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (name, m) in items {
+        let a: Any = any(&m);
+        name.hash(&mut h);
+        a.value.hash(&mut h);
+        t.resources.insert(name, a);
+    }
+    t.version = format!("{:016x}", h.finish());
+    Arc::new(t)
+}
+
+/// Everything `proxy` should have.
+pub fn proxy_snapshot(mesh: &Mesh, proxy: &Proxy) -> XdsSnapshot {
+    let reg = &mesh.registry;
+    let empty = BTreeMap::new();
+    let labels = reg.workload(proxy.ip).map(|w| &w.labels).unwrap_or(&empty);
+    let rules = mesh.destination_rules();
+    let vss = mesh.virtual_services();
+    let gateways = mesh.gateways();
+
+    let clusters: Vec<Cluster> = cds::clusters(reg, &rules, proxy);
+    let endpoints: Vec<ClusterLoadAssignment> = eds::assignments(reg, &rules);
+    let listeners: Vec<Listener> = lds::listeners(reg, &gateways, proxy, labels);
+    let routes: Vec<RouteConfiguration> = match proxy.kind {
+        ProxyKind::Sidecar => lds::sidecar_http_ports(reg)
+            .into_iter()
+            .map(|port| {
+                let ctx = RouteContext {
+                    gateways: Vec::new(),
+                    labels,
+                    port,
+                };
+                rds::sidecar_routes(port, reg, &vss, &proxy.namespace, &ctx)
+            })
+            .collect(),
+        ProxyKind::Router => {
+            let mine = lds::gateways_for(&gateways, labels);
+            let names: Vec<String> = mine.iter().map(|(n, _)| n.clone()).collect();
+            let mut ports: Vec<u16> = mine
+                .iter()
+                .flat_map(|(_, g)| {
+                    g.servers
+                        .iter()
+                        .filter_map(|s| u16::try_from(s.port.number).ok())
+                })
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
+            ports
+                .into_iter()
+                .map(|port| {
+                    let ctx = RouteContext {
+                        gateways: names.clone(),
+                        labels,
+                        port,
+                    };
+                    rds::gateway_routes(&format!("http.{port}"), reg, &vss, &ctx)
+                })
+                .collect()
+        }
+    };
+
+    let mut snap = XdsSnapshot::default();
+    snap.types.insert(
+        CLUSTER_TYPE.into(),
+        resources(clusters.into_iter().map(|c| (c.name.clone(), c)).collect()),
+    );
+    snap.types.insert(
+        ENDPOINT_TYPE.into(),
+        resources(
+            endpoints
+                .into_iter()
+                .map(|c| (c.cluster_name.clone(), c))
+                .collect(),
+        ),
+    );
+    snap.types.insert(
+        LISTENER_TYPE.into(),
+        resources(listeners.into_iter().map(|l| (l.name.clone(), l)).collect()),
+    );
+    snap.types.insert(
+        ROUTE_TYPE.into(),
+        resources(routes.into_iter().map(|r| (r.name.clone(), r)).collect()),
+    );
+    snap
+}

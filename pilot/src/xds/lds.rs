@@ -1,0 +1,275 @@
+//! LDS: listeners.
+//!
+//! Sidecars (traffic captured by iptables):
+//! - `virtualOutbound` on 0.0.0.0:15001 hands each connection to the listener of its
+//!   original destination (`use_original_dst`); unmatched traffic goes to PassthroughCluster.
+//! - `0.0.0.0_PORT` (not bound) for each HTTP service port: an HTTP connection manager on
+//!   route configuration `PORT`. `VIP_PORT` (not bound) for each TCP service with an address.
+//! - `virtualInbound` on 0.0.0.0:15006, and `IP_PORT` (not bound) per port the workload
+//!   serves, to `inbound|PORT||HOST` on 127.0.0.1.
+//!
+//! Gateways (routers) bind `0.0.0.0_PORT` for each server of the Gateways whose selector
+//! matches them, HTTP servers on route configuration `http.PORT`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{AggregatedConfigSource, ApiVersion, ConfigSource};
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as RouteCluster;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    CodecType, RouteSpecifier,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpCluster;
+use envoy_types::pb::google::protobuf::BoolValue;
+use keel_config::networking::{Gateway, Protocol, parse_protocol};
+
+use super::any;
+use super::cds::{PASSTHROUGH, inbound_name, outbound_name};
+use super::eds::socket;
+use super::rds::FAULT_FILTER;
+use crate::proxy::{Proxy, ProxyKind};
+use crate::registry::Registry;
+
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const INBOUND_PORT: u16 = 15006;
+
+fn http_filters() -> Vec<HttpFilter> {
+    vec![
+        HttpFilter {
+            name: FAULT_FILTER.into(),
+            config_type: Some(HttpFilterConfig::TypedConfig(any(&HttpFault::default()))),
+            ..Default::default()
+        },
+        HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(HttpFilterConfig::TypedConfig(any(&Router::default()))),
+            ..Default::default()
+        },
+    ]
+}
+
+fn hcm(stat_prefix: &str, routes: RouteSpecifier, edge: bool) -> Filter {
+    let m = HttpConnectionManager {
+        codec_type: CodecType::Auto as i32,
+        stat_prefix: stat_prefix.to_owned(),
+        route_specifier: Some(routes),
+        http_filters: http_filters(),
+        use_remote_address: Some(BoolValue { value: edge }),
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(FilterConfig::TypedConfig(any(&m))),
+    }
+}
+
+fn rds(name: &str) -> RouteSpecifier {
+    RouteSpecifier::Rds(Rds {
+        config_source: Some(ConfigSource {
+            resource_api_version: ApiVersion::V3 as i32,
+            config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+            ..Default::default()
+        }),
+        route_config_name: name.to_owned(),
+    })
+}
+
+fn tcp(stat_prefix: &str, cluster: &str) -> Filter {
+    let p = TcpProxy {
+        stat_prefix: stat_prefix.to_owned(),
+        cluster_specifier: Some(TcpCluster::Cluster(cluster.to_owned())),
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(FilterConfig::TypedConfig(any(&p))),
+    }
+}
+
+fn listener(name: String, address: &str, port: u16, bind: bool, filters: Vec<Filter>) -> Listener {
+    Listener {
+        name,
+        address: Some(socket(address, port)),
+        filter_chains: vec![FilterChain {
+            filters,
+            ..Default::default()
+        }],
+        bind_to_port: (!bind).then_some(BoolValue { value: false }),
+        ..Default::default()
+    }
+}
+
+fn capture(name: &str, port: u16) -> Listener {
+    Listener {
+        name: name.to_owned(),
+        address: Some(socket("0.0.0.0", port)),
+        use_original_dst: Some(BoolValue { value: true }),
+        filter_chains: vec![FilterChain {
+            filters: vec![tcp(PASSTHROUGH, PASSTHROUGH)],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// An inbound HTTP listener's inline routes: everything to the local workload.
+fn inbound_routes(cluster: &str) -> RouteConfiguration {
+    RouteConfiguration {
+        name: cluster.to_owned(),
+        virtual_hosts: vec![VirtualHost {
+            name: cluster.to_owned(),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(RouteCluster::Cluster(cluster.to_owned())),
+                    timeout: Some(Default::default()),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The HTTP ports a sidecar routes by RDS (each is a route configuration name).
+pub fn sidecar_http_ports(reg: &Registry) -> BTreeSet<u16> {
+    reg.services()
+        .flat_map(|s| s.ports.iter())
+        .filter(|p| p.protocol.is_http())
+        .map(|p| p.port)
+        .collect()
+}
+
+pub fn sidecar_listeners(reg: &Registry, proxy: &Proxy) -> Vec<Listener> {
+    let mut out = vec![
+        capture("virtualOutbound", OUTBOUND_PORT),
+        capture("virtualInbound", INBOUND_PORT),
+    ];
+    let http_ports = sidecar_http_ports(reg);
+    for port in &http_ports {
+        out.push(listener(
+            format!("0.0.0.0_{port}"),
+            "0.0.0.0",
+            *port,
+            false,
+            vec![hcm(
+                &format!("outbound_{port}"),
+                rds(&port.to_string()),
+                false,
+            )],
+        ));
+    }
+    for svc in reg.services() {
+        for p in svc.ports.iter().filter(|p| !p.protocol.is_http()) {
+            if let Some(vip) = svc.address {
+                out.push(listener(
+                    format!("{vip}_{}", p.port),
+                    &vip.to_string(),
+                    p.port,
+                    false,
+                    vec![tcp(
+                        &format!("outbound|{}||{}", p.port, svc.hostname),
+                        &outbound_name(p.port, "", &svc.hostname),
+                    )],
+                ));
+            }
+        }
+    }
+    let mut inbound = BTreeMap::new();
+    for (svc, port, target) in reg.services_of(proxy.ip) {
+        inbound.entry(port.port).or_insert((svc, port, target));
+    }
+    for (port, (svc, sp, _target)) in inbound {
+        let cluster = inbound_name(port, &svc.hostname);
+        let filter = if sp.protocol.is_http() {
+            hcm(
+                &cluster,
+                RouteSpecifier::RouteConfig(inbound_routes(&cluster)),
+                false,
+            )
+        } else {
+            tcp(&cluster, &cluster)
+        };
+        out.push(listener(
+            format!("{}_{port}", proxy.ip),
+            &proxy.ip.to_string(),
+            port,
+            false,
+            vec![filter],
+        ));
+    }
+    out
+}
+
+/// Gateways whose selector matches the router's labels, with the `ns/name` they go by.
+pub fn gateways_for<'a>(
+    gateways: &'a [(String, &'a Gateway)],
+    labels: &BTreeMap<String, String>,
+) -> Vec<&'a (String, &'a Gateway)> {
+    gateways
+        .iter()
+        .filter(|(_, g)| g.selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        .collect()
+}
+
+/// A router's listeners: one bound listener per gateway server port.
+pub fn gateway_listeners(gateways: &[&(String, &Gateway)]) -> Vec<Listener> {
+    let mut ports: BTreeMap<u16, Protocol> = BTreeMap::new();
+    for (_, g) in gateways {
+        for s in &g.servers {
+            if let Ok(port) = u16::try_from(s.port.number) {
+                ports
+                    .entry(port)
+                    .or_insert(parse_protocol(&s.port.protocol).unwrap_or(Protocol::Tcp));
+            }
+        }
+    }
+    ports
+        .into_iter()
+        .filter(|(_, proto)| proto.is_http())
+        .map(|(port, _)| {
+            listener(
+                format!("0.0.0.0_{port}"),
+                "0.0.0.0",
+                port,
+                true,
+                vec![hcm(
+                    &format!("http.{port}"),
+                    rds(&format!("http.{port}")),
+                    true,
+                )],
+            )
+        })
+        .collect()
+}
+
+/// Every listener `proxy` needs.
+pub fn listeners(
+    reg: &Registry,
+    gateways: &[(String, &Gateway)],
+    proxy: &Proxy,
+    labels: &BTreeMap<String, String>,
+) -> Vec<Listener> {
+    match proxy.kind {
+        ProxyKind::Sidecar => sidecar_listeners(reg, proxy),
+        ProxyKind::Router => gateway_listeners(&gateways_for(gateways, labels)),
+    }
+}
