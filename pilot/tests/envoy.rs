@@ -50,10 +50,19 @@ impl Drop for Envoy {
 }
 
 fn start_envoy(pilot: SocketAddr, admin: u16, dir: &Path) -> Envoy {
+    start_envoy_as(
+        "router~127.0.0.1~istio-ingressgateway.istio-system~istio-system.svc.cluster.local",
+        pilot,
+        admin,
+        dir,
+    )
+}
+
+fn start_envoy_as(node: &str, pilot: SocketAddr, admin: u16, dir: &Path) -> Envoy {
     let bootstrap = format!(
         r#"node:
-  id: router~127.0.0.1~istio-ingressgateway.istio-system~istio-system.svc.cluster.local
-  cluster: istio-ingressgateway
+  id: {node}
+  cluster: keel-test
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
 dynamic_resources:
@@ -80,16 +89,17 @@ static_resources:
 "#,
         pilot_port = pilot.port()
     );
-    let path = dir.join("envoy.yaml");
+    let path = dir.join(format!("envoy-{admin}.yaml"));
     std::fs::write(&path, bootstrap).unwrap();
     let child = Command::new(envoy_binary())
         .arg("-c")
         .arg(&path)
+        // Each Envoy needs its own shared-memory base id; the admin port is unique.
         .args(["--concurrency", "1", "-l", "warning", "--base-id"])
-        .arg((std::process::id() % 60000).to_string())
+        .arg(admin.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::from(
-            std::fs::File::create(dir.join("envoy.log")).unwrap(),
+            std::fs::File::create(dir.join(format!("envoy-{admin}.log"))).unwrap(),
         ))
         .spawn()
         .unwrap();
@@ -393,6 +403,137 @@ fn envoy_acks_everything_and_routes_as_configured() {
         "the delay was not applied: {took:?}"
     );
 
+    pilot.shutdown();
+    galley.shutdown();
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits until every stream has ACKed what it was last sent, and fails on any NACK.
+fn all_synced(syncs: &keel_xds::status::SyncRegistry, proxies: usize, what: &str) {
+    eventually(what, Duration::from_secs(15), || {
+        let streams = syncs.streams();
+        for s in &streams {
+            for (t, st) in &s.types {
+                if let Some((v, reason)) = &st.nacked {
+                    panic!("{what}: {} NACKed {t} version {v}: {reason}", s.node_id);
+                }
+            }
+        }
+        // A proxy asks for RDS and EDS only when its listeners and clusters need them.
+        (streams.len() == proxies
+            && streams.iter().all(|s| {
+                s.types.len() >= 2
+                    && s.types
+                        .values()
+                        .all(|t| t.sent_version.is_some() && t.acked_version == t.sent_version)
+            }))
+        .then_some(())
+    });
+}
+
+#[test]
+fn envoy_accepts_the_bookinfo_config_and_every_sample_as_sidecar_and_gateway() {
+    let dir = std::env::temp_dir().join(format!("keel-pilot-samples-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let galley = rt
+        .block_on(keel_galley::start(&keel_galley::Args {
+            config_dir: dir.join("config"),
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            default_namespace: "default".into(),
+            rescan_ms: 100,
+            log_format: "text".into(),
+        }))
+        .unwrap();
+    let apply = |name: &str, yaml: &str| {
+        galley
+            .state
+            .galley
+            .apply(
+                &[keel_galley::core::Source {
+                    name: name.into(),
+                    text: yaml.into(),
+                }],
+                "default",
+                false,
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e} {:?}", e.details()));
+    };
+    // Istio's own Bookinfo, with a running pod per deployment and the ingress gateway pod.
+    let shared = std::env::var_os("KEEL_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+    let samples = shared.join("istio-samples");
+    apply(
+        "bookinfo.yaml",
+        &std::fs::read_to_string(samples.join("1.0/samples/bookinfo/platform/kube/bookinfo.yaml"))
+            .unwrap(),
+    );
+    let mut pods = vec!["apiVersion: v1\nkind: Pod\nmetadata: {name: istio-ingressgateway, namespace: istio-system, labels: {istio: ingressgateway}}\nspec:\n  containers: [{name: istio-proxy, image: keel/proxy}]\nstatus: {phase: Running, podIP: 127.0.0.1}\n".to_owned()];
+    for (i, (app, v)) in [
+        ("details", "v1"),
+        ("ratings", "v1"),
+        ("reviews", "v1"),
+        ("reviews", "v2"),
+        ("reviews", "v3"),
+        ("productpage", "v1"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        pods.push(format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {app}-{v}, labels: {{app: {app}, version: {v}}}}}\nspec:\n  containers: [{{name: {app}, image: istio/examples-bookinfo-{app}-{v}:1.8.0}}]\nstatus: {{phase: Running, podIP: 127.0.1.{}}}\n", i + 1));
+    }
+    apply("pods.yaml", &pods.join("---\n"));
+    let pilot = rt
+        .block_on(keel_pilot::server::start(&keel_pilot::server::Args {
+            galley: format!("http://{}", galley.grpc_addr),
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            debounce_ms: 20,
+            log_format: "text".into(),
+        }))
+        .unwrap();
+    let _sidecar = start_envoy_as(
+        "sidecar~127.0.1.3~reviews-v1.default~default.svc.cluster.local",
+        pilot.grpc_addr,
+        free_port("127.0.0.1"),
+        &dir,
+    );
+    let _gateway = start_envoy(pilot.grpc_addr, free_port("127.0.0.1"), &dir);
+    all_synced(&pilot.syncs, 2, "the Bookinfo platform config");
+
+    // Every networking sample of every era, one after the other on top of it.
+    let mut applied = 0;
+    for era in ["1.0", "current"] {
+        let net = samples.join(era).join("samples/bookinfo/networking");
+        let mut files: Vec<_> = std::fs::read_dir(&net)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            // DNS-resolved ServiceEntries would make Envoy look names up on the network.
+            if text.contains("resolution: DNS") {
+                continue;
+            }
+            let name = format!("{era}/{}", f.file_name().unwrap().to_string_lossy());
+            apply(&name, &text);
+            all_synced(&pilot.syncs, 2, &name);
+            applied += 1;
+        }
+    }
+    assert!(applied >= 38, "only {applied} sample files were applied");
+    let mesh = pilot.mesh.borrow().clone();
+    assert!(mesh.config.resources.len() > 20);
     pilot.shutdown();
     galley.shutdown();
     drop(rt);
