@@ -1,0 +1,312 @@
+//! The pure translation, checked directly: Istio's Bookinfo config in, Envoy resources out.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{RouteAction, RouteConfiguration};
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use keel_config::store::Snapshot;
+use keel_pilot::proxy::Proxy;
+use keel_pilot::snapshot::{
+    CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, Mesh, ROUTE_TYPE, proxy_snapshot,
+};
+use prost::Message;
+
+fn shared() -> PathBuf {
+    std::env::var_os("KEEL_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
+}
+
+fn bookinfo(extra: &[&str]) -> Mesh {
+    let samples = shared().join("istio-samples/1.0/samples/bookinfo");
+    let mut texts =
+        vec![std::fs::read_to_string(samples.join("platform/kube/bookinfo.yaml")).unwrap()];
+    texts.push(
+        std::fs::read_to_string(samples.join("networking/destination-rule-all.yaml")).unwrap(),
+    );
+    texts.push(std::fs::read_to_string(samples.join("networking/bookinfo-gateway.yaml")).unwrap());
+    for (i, (app, v)) in [
+        ("details", "v1"),
+        ("ratings", "v1"),
+        ("reviews", "v1"),
+        ("reviews", "v2"),
+        ("reviews", "v3"),
+        ("productpage", "v1"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        texts.push(format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {app}-{v}, labels: {{app: {app}, version: {v}}}}}\nspec:\n  containers: [{{name: {app}, image: x}}]\nstatus: {{phase: Running, podIP: 10.0.0.{}}}\n",
+            i + 1
+        ));
+    }
+    texts.push("apiVersion: v1\nkind: Pod\nmetadata: {name: gw, namespace: istio-system, labels: {istio: ingressgateway}}\nspec:\n  containers: [{name: p, image: x}]\nstatus: {phase: Running, podIP: 10.0.0.100}\n".to_owned());
+    for e in extra {
+        texts.push(std::fs::read_to_string(samples.join("networking").join(e)).unwrap());
+    }
+    let mut resources = std::collections::BTreeMap::new();
+    for t in texts {
+        let report = keel_config::load_str("t.yaml", &t, Some("default"));
+        assert!(report.is_ok(), "{:?}", report.diagnostics);
+        for r in report.resources {
+            resources.insert(r.key(), Arc::new(r));
+        }
+    }
+    Mesh::new(Snapshot {
+        version: 1,
+        resources,
+    })
+}
+
+fn decode<M: Message + Default>(snap: &keel_xds::XdsSnapshot, type_url: &str, name: &str) -> M {
+    let any = snap.types[type_url].resources.get(name).unwrap_or_else(|| {
+        panic!(
+            "no {type_url} named {name}: {:?}",
+            snap.types[type_url].resources.keys().collect::<Vec<_>>()
+        )
+    });
+    M::decode(any.value.as_slice()).unwrap()
+}
+
+const REVIEWS: &str = "reviews.default.svc.cluster.local";
+
+fn sidecar() -> Proxy {
+    Proxy::parse("sidecar~10.0.0.3~reviews-v1.default~default.svc.cluster.local").unwrap()
+}
+
+fn route_action(rc: &RouteConfiguration, vhost_contains: &str, i: usize) -> RouteAction {
+    let vh = rc
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name.contains(vhost_contains))
+        .unwrap();
+    match vh.routes[i].action.clone().unwrap() {
+        Action::Route(a) => a,
+        other => panic!("not a route action: {other:?}"),
+    }
+}
+
+#[test]
+fn sidecar_clusters_endpoints_and_listeners() {
+    let mesh = bookinfo(&[]);
+    let snap = proxy_snapshot(&mesh, &sidecar());
+    let names: Vec<&String> = snap.types[CLUSTER_TYPE].resources.keys().collect();
+    for want in [
+        "outbound|9080||reviews.default.svc.cluster.local",
+        "outbound|9080|v1|reviews.default.svc.cluster.local",
+        "outbound|9080|v3|reviews.default.svc.cluster.local",
+        "outbound|9080|v2-mysql|ratings.default.svc.cluster.local",
+        "inbound|9080||reviews.default.svc.cluster.local",
+        "BlackHoleCluster",
+        "PassthroughCluster",
+    ] {
+        assert!(
+            names.iter().any(|n| *n == want),
+            "missing cluster {want}: {names:?}"
+        );
+    }
+    let cla: ClusterLoadAssignment = decode(
+        &snap,
+        ENDPOINT_TYPE,
+        "outbound|9080|v2|reviews.default.svc.cluster.local",
+    );
+    let eps = &cla.endpoints[0].lb_endpoints;
+    assert_eq!(eps.len(), 1, "only the v2 pod");
+    let all: ClusterLoadAssignment = decode(
+        &snap,
+        ENDPOINT_TYPE,
+        "outbound|9080||reviews.default.svc.cluster.local",
+    );
+    assert_eq!(all.endpoints[0].lb_endpoints.len(), 3);
+
+    let outbound: Listener = decode(&snap, LISTENER_TYPE, "virtualOutbound");
+    assert_eq!(outbound.use_original_dst.map(|b| b.value), Some(true));
+    let port: Listener = decode(&snap, LISTENER_TYPE, "0.0.0.0_9080");
+    assert_eq!(port.bind_to_port.map(|b| b.value), Some(false));
+    let _inbound: Listener = decode(&snap, LISTENER_TYPE, "10.0.0.3_9080");
+    let _capture: Listener = decode(&snap, LISTENER_TYPE, "virtualInbound");
+}
+
+#[test]
+fn sidecar_routes_default_and_from_virtual_services() {
+    // No VirtualService: every version, round robin.
+    let snap = proxy_snapshot(&bookinfo(&[]), &sidecar());
+    let rc: RouteConfiguration = decode(&snap, ROUTE_TYPE, "9080");
+    let vh = rc
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name.starts_with(REVIEWS))
+        .unwrap();
+    for d in [
+        "reviews",
+        "reviews:9080",
+        "reviews.default",
+        "reviews.default.svc",
+        REVIEWS,
+        "reviews.default.svc.cluster.local:9080",
+    ] {
+        assert!(
+            vh.domains.iter().any(|x| x == d),
+            "domain {d} missing: {:?}",
+            vh.domains
+        );
+    }
+    let a = route_action(&rc, REVIEWS, 0);
+    assert_eq!(
+        a.cluster_specifier,
+        Some(ClusterSpecifier::Cluster(format!(
+            "outbound|9080||{REVIEWS}"
+        )))
+    );
+
+    // jason to v2, the rest to v1, in that order.
+    let snap = proxy_snapshot(
+        &bookinfo(&["virtual-service-reviews-test-v2.yaml"]),
+        &sidecar(),
+    );
+    let rc: RouteConfiguration = decode(&snap, ROUTE_TYPE, "9080");
+    let vh = rc
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name.starts_with(REVIEWS))
+        .unwrap();
+    let m = vh.routes[0].r#match.as_ref().unwrap();
+    assert_eq!(m.headers[0].name, "end-user");
+    assert_eq!(
+        route_action(&rc, REVIEWS, 0).cluster_specifier,
+        Some(ClusterSpecifier::Cluster(format!(
+            "outbound|9080|v2|{REVIEWS}"
+        )))
+    );
+    assert_eq!(
+        route_action(&rc, REVIEWS, 1).cluster_specifier,
+        Some(ClusterSpecifier::Cluster(format!(
+            "outbound|9080|v1|{REVIEWS}"
+        )))
+    );
+
+    // A weighted split.
+    let snap = proxy_snapshot(
+        &bookinfo(&["virtual-service-reviews-50-v3.yaml"]),
+        &sidecar(),
+    );
+    let rc: RouteConfiguration = decode(&snap, ROUTE_TYPE, "9080");
+    let Some(ClusterSpecifier::WeightedClusters(w)) =
+        route_action(&rc, REVIEWS, 0).cluster_specifier
+    else {
+        panic!("expected weighted clusters")
+    };
+    let got: Vec<(String, u32)> = w
+        .clusters
+        .iter()
+        .map(|c| (c.name.clone(), c.weight.unwrap().value))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (format!("outbound|9080|v1|{REVIEWS}"), 50),
+            (format!("outbound|9080|v3|{REVIEWS}"), 50)
+        ]
+    );
+}
+
+#[test]
+fn faults_become_the_fault_filters_route_config() {
+    let snap = proxy_snapshot(
+        &bookinfo(&["virtual-service-ratings-test-delay.yaml"]),
+        &sidecar(),
+    );
+    let rc: RouteConfiguration = decode(&snap, ROUTE_TYPE, "9080");
+    let vh = rc
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name.starts_with("ratings."))
+        .unwrap();
+    let fault: HttpFault = Message::decode(
+        vh.routes[0].typed_per_filter_config["envoy.filters.http.fault"]
+            .value
+            .as_slice(),
+    )
+    .unwrap();
+    let delay = fault.delay.unwrap();
+    assert_eq!(delay.percentage.unwrap().numerator, 1_000_000);
+    let Some(FaultDelaySecifier::FixedDelay(d)) = delay.fault_delay_secifier else {
+        panic!()
+    };
+    assert_eq!(d.seconds, 7);
+    assert!(
+        vh.routes[1].typed_per_filter_config.is_empty(),
+        "only jason's route is delayed"
+    );
+}
+
+#[test]
+fn destination_rule_policies_reach_the_clusters() {
+    let snap = proxy_snapshot(&bookinfo(&["destination-rule-reviews.yaml"]), &sidecar());
+    // destination-rule-reviews replaces destination-rule-all's `reviews` (same name): RANDOM,
+    // for the host's cluster and every subset's.
+    for subset in ["", "v1", "v3"] {
+        let c: Cluster = decode(
+            &snap,
+            CLUSTER_TYPE,
+            &format!("outbound|9080|{subset}|{REVIEWS}"),
+        );
+        assert_eq!(c.lb_policy, LbPolicy::Random as i32, "subset {subset:?}");
+    }
+    let other: Cluster = decode(
+        &snap,
+        CLUSTER_TYPE,
+        "outbound|9080|v1|ratings.default.svc.cluster.local",
+    );
+    assert_eq!(other.lb_policy, LbPolicy::RoundRobin as i32);
+}
+
+#[test]
+fn gateways_get_their_servers_and_bound_routes() {
+    let gw =
+        Proxy::parse("router~10.0.0.100~gw.istio-system~istio-system.svc.cluster.local").unwrap();
+    let snap = proxy_snapshot(&bookinfo(&[]), &gw);
+    let l: Listener = decode(&snap, LISTENER_TYPE, "0.0.0.0_80");
+    assert_eq!(l.bind_to_port, None, "gateway listeners bind");
+    let rc: RouteConfiguration = decode(&snap, ROUTE_TYPE, "http.80");
+    let vh = &rc.virtual_hosts[0];
+    assert_eq!(vh.domains, ["*"]);
+    let paths: Vec<String> = vh
+        .routes
+        .iter()
+        .map(
+            |r| match r.r#match.as_ref().unwrap().path_specifier.clone().unwrap() {
+                PathSpecifier::Path(p) => format!("={p}"),
+                PathSpecifier::Prefix(p) => format!("{p}*"),
+                other => format!("{other:?}"),
+            },
+        )
+        .collect();
+    assert_eq!(
+        paths,
+        ["=/productpage", "=/login", "=/logout", "/api/v1/products*"]
+    );
+    let a = route_action(&rc, "*", 0);
+    assert_eq!(
+        a.cluster_specifier,
+        Some(ClusterSpecifier::Cluster(
+            "outbound|9080||productpage.default.svc.cluster.local".into()
+        ))
+    );
+    // Mesh-only VirtualServices do not leak into the gateway.
+    let sidecar_only = proxy_snapshot(&bookinfo(&["virtual-service-all-v1.yaml"]), &gw);
+    let rc: RouteConfiguration = decode(&sidecar_only, ROUTE_TYPE, "http.80");
+    assert_eq!(rc.virtual_hosts.len(), 1);
+}
