@@ -201,6 +201,10 @@ fn mesh_config(port: u16, gateway_port: u16) -> String {
             docs.push(format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {app}-{v}, labels: {{app: {app}, version: {v}}}}}\nspec:\n  containers: [{{name: {app}, image: keel/bookinfo-{app}:0.1}}]\nstatus: {{phase: Running, podIP: {ip}}}\n"));
         }
     }
+    for (app, ip) in [("slow", "127.0.0.16"), ("flaky", "127.0.0.17")] {
+        docs.push(format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {app}}}\nspec:\n  ports: [{{port: 9080, name: http, targetPort: {port}}}]\n  selector: {{app: {app}}}\n"));
+        docs.push(format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {app}, labels: {{app: {app}}}}}\nspec:\n  containers: [{{name: {app}, image: test}}]\nstatus: {{phase: Running, podIP: {ip}}}\n"));
+    }
     docs.push(reviews_vs(JASON_V2));
     docs.join("---\n")
 }
@@ -230,6 +234,7 @@ fn envoy_acks_everything_and_routes_as_configured() {
 
     // Bookinfo's reviews (v1, v2, v3) and ratings on their own loopback addresses.
     let port = free_port("127.0.0.12");
+    let flaky_hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let ratings = Upstream {
         host: "127.0.0.12".into(),
         port,
@@ -251,6 +256,34 @@ fn envoy_acks_everything_and_routes_as_configured() {
             let cfg = keel_samples::reviews::Config::new(enable, color, ratings.clone(), 1.0);
             tokio::spawn(keel_samples::reviews::run(l, cfg));
         }
+        // `slow` answers after a second; `flaky` fails every request but each third.
+        let l = tokio::net::TcpListener::bind(("127.0.0.16", port))
+            .await
+            .unwrap();
+        tokio::spawn(keel_samples::http::serve(
+            l,
+            std::sync::Arc::new(|_req| async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                keel_samples::http::json(hyper::StatusCode::OK, "{}")
+            }),
+        ));
+        let l = tokio::net::TcpListener::bind(("127.0.0.17", port))
+            .await
+            .unwrap();
+        let hits = flaky_hits.clone();
+        tokio::spawn(keel_samples::http::serve(
+            l,
+            std::sync::Arc::new(move |_req| {
+                let n = hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    if n % 3 == 2 {
+                        keel_samples::http::json(hyper::StatusCode::OK, "{\"ok\":true}")
+                    } else {
+                        keel_samples::http::json(hyper::StatusCode::SERVICE_UNAVAILABLE, "{}")
+                    }
+                }
+            }),
+        ));
     });
 
     // galley with the mesh's config, and pilot subscribed to it.
@@ -402,6 +435,65 @@ fn envoy_acks_everything_and_routes_as_configured() {
         took >= Duration::from_millis(300),
         "the delay was not applied: {took:?}"
     );
+
+    // No VirtualService for a host: every version of the service, round robin.
+    apply(&reviews_vs(
+        "  - route:\n    - destination: {host: reviews}\n",
+    ));
+    eventually("the unversioned route", Duration::from_secs(5), || {
+        let seen: std::collections::BTreeSet<_> = (0..30)
+            .filter_map(|_| get(gateway_port, "/reviews/0", &host).ok())
+            .map(|(_, b, _)| version_of(&b))
+            .collect();
+        (seen.len() == 3).then_some(())
+    });
+
+    // Timeouts: a route timeout of 200 ms against an upstream that takes a second.
+    let vs = |name: &str, host: &str, extra: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata:\n  name: {name}\nspec:\n  hosts: [{host}]\n  gateways: [istio-system/ingress]\n  http:\n  - route:\n    - destination: {{host: {name}}}\n{extra}"
+        )
+    };
+    apply(&vs("slow", "slow.bookinfo.test", "    timeout: 200ms\n"));
+    let slow = [("Host", "slow.bookinfo.test")];
+    let (s, _, took) = eventually("the timeout route", Duration::from_secs(5), || {
+        get(gateway_port, "/", &slow)
+            .ok()
+            .filter(|(s, _, _)| *s == 504)
+    });
+    assert_eq!(s, 504);
+    assert!(
+        took < Duration::from_millis(900),
+        "the timeout did not cut the request short: {took:?}"
+    );
+
+    // Retries: two retries turn a flaky upstream's 503s into a 200; without them, 503.
+    apply(&vs(
+        "flaky",
+        "flaky.bookinfo.test",
+        "    retries: {attempts: 2, perTryTimeout: 1s}\n",
+    ));
+    let flaky = [("Host", "flaky.bookinfo.test")];
+    eventually("the retry route", Duration::from_secs(5), || {
+        get(gateway_port, "/", &flaky)
+            .ok()
+            .filter(|(s, _, _)| *s == 200)
+    });
+    let before = flaky_hits.load(std::sync::atomic::Ordering::SeqCst);
+    let (s, _, _) = get(gateway_port, "/", &flaky).unwrap();
+    assert_eq!(s, 200);
+    assert_eq!(
+        flaky_hits.load(std::sync::atomic::Ordering::SeqCst) - before,
+        3,
+        "one try and two retries"
+    );
+    apply(&vs("flaky", "flaky.bookinfo.test", ""));
+    eventually("retries to be gone", Duration::from_secs(5), || {
+        let before = flaky_hits.load(std::sync::atomic::Ordering::SeqCst);
+        let (s, _, _) = get(gateway_port, "/", &flaky).ok()?;
+        let tries = flaky_hits.load(std::sync::atomic::Ordering::SeqCst) - before;
+        (tries == 1 && (s == 503 || s == 200)).then_some(())
+    });
 
     pilot.shutdown();
     galley.shutdown();

@@ -84,7 +84,23 @@ struct Subscription {
     names: Option<BTreeSet<String>>,
     sent_version: Option<String>,
     sent_nonce: Option<String>,
+    /// The parent type was pushed: answer the next request even if nothing changed.
+    resend: bool,
 }
+
+/// Envoy's warming dependencies: after a push of the first type, Envoy re-requests the
+/// second for the clusters or listeners it is warming, and waits (up to its fetch timeout)
+/// for an answer even when nothing changed.
+const DEPENDENTS: &[(&str, &str)] = &[
+    (
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+    ),
+    (
+        "type.googleapis.com/envoy.config.listener.v3.Listener",
+        "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+    ),
+];
 
 /// One stream's protocol state.
 #[derive(Debug, Default)]
@@ -132,10 +148,15 @@ impl StreamState {
         let sub = self.subs.entry(req.type_url.clone()).or_default();
         let first = sub.sent_nonce.is_none();
         let names_changed = sub.names != names;
+        let resend = sub.resend && matches!(reply, Reply::Ack { .. });
         sub.names = names;
         if first || names_changed {
             let resp = self.respond(&req.type_url, snap);
             return (Reply::Subscribe, Some(resp));
+        }
+        if resend {
+            let resp = self.respond(&req.type_url, snap);
+            return (reply, Some(resp));
         }
         (reply, None)
     }
@@ -168,6 +189,14 @@ impl StreamState {
         };
         sub.sent_version = Some(version.clone());
         sub.sent_nonce = Some(nonce.clone());
+        sub.resend = false;
+        for (parent, child) in DEPENDENTS {
+            if *parent == type_url
+                && let Some(c) = self.subs.get_mut(*child)
+            {
+                c.resend = true;
+            }
+        }
         DiscoveryResponse {
             version_info: version,
             resources,
@@ -461,6 +490,54 @@ mod tests {
         );
         assert!(again.is_none());
         assert!(st.on_snapshot(&s1).is_empty());
+    }
+
+    #[test]
+    fn a_cluster_push_makes_the_next_endpoint_request_answered() {
+        const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+        const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+        let mut st = StreamState::default();
+        let mut snap = XdsSnapshot::default();
+        for t in [CDS, EDS] {
+            snap.types.insert(
+                t.into(),
+                Arc::new(TypeResources {
+                    version: "1".into(),
+                    ..Default::default()
+                }),
+            );
+        }
+        let mk = |t: &str, nonce: &str| DiscoveryRequest {
+            type_url: t.into(),
+            response_nonce: nonce.into(),
+            version_info: "1".into(),
+            ..Default::default()
+        };
+        let c1 = st.on_request(&mk(CDS, ""), &snap).1.unwrap();
+        let e1 = st.on_request(&mk(EDS, ""), &snap).1.unwrap();
+        // Unchanged endpoints after an ACK: nothing to send...
+        assert!(st.on_request(&mk(EDS, &e1.nonce), &snap).1.is_none());
+        // ...but after a new cluster push, Envoy's warming request is answered.
+        let mut snap2 = snap.clone();
+        snap2.types.insert(
+            CDS.into(),
+            Arc::new(TypeResources {
+                version: "2".into(),
+                ..Default::default()
+            }),
+        );
+        let c2 = st.on_snapshot(&snap2).remove(0);
+        assert_ne!(c2.nonce, c1.nonce);
+        let again = st.on_request(&mk(EDS, &e1.nonce), &snap2).1;
+        assert!(
+            again.is_some(),
+            "the warming EDS request must get an answer"
+        );
+        assert!(
+            st.on_request(&mk(EDS, &again.unwrap().nonce), &snap2)
+                .1
+                .is_none()
+        );
     }
 
     #[test]
