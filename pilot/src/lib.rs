@@ -5,6 +5,7 @@
 //! asking) -> [`xds`] (pure translation to Envoy types). Work in progress: CDS and EDS are
 //! here; LDS, RDS and the ADS server follow (see the pilot issue).
 
+pub mod metrics;
 pub mod proxy;
 pub mod registry;
 pub mod server;

@@ -16,6 +16,7 @@ use keel_xds::status::SyncRegistry;
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::snapshot::{Mesh, proxy_snapshot};
 
@@ -90,6 +91,7 @@ pub fn config_from_galley(state: &ClientState) -> Snapshot {
 pub struct ProxySnapshots {
     mesh: watch::Receiver<Arc<Mesh>>,
     debounce: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl SnapshotSource for ProxySnapshots {
@@ -102,7 +104,10 @@ impl SnapshotSource for ProxySnapshots {
             }
         };
         let mut mesh = self.mesh.clone();
+        let metrics = self.metrics.clone();
+        let started = std::time::Instant::now();
         let first = proxy_snapshot(&mesh.borrow_and_update(), &proxy);
+        metrics.push_time.observe(started.elapsed().as_secs_f64());
         let (tx, rx) = watch::channel(Arc::new(first));
         let debounce = self.debounce;
         tokio::spawn(async move {
@@ -111,10 +116,16 @@ impl SnapshotSource for ProxySnapshots {
                     changed = mesh.changed() => if changed.is_err() { return },
                     () = tx.closed() => return,
                 }
+                let changed_at = std::time::Instant::now();
                 // Let a burst of changes settle into one push.
                 tokio::time::sleep(debounce).await;
                 let current = mesh.borrow_and_update().clone();
+                let started = std::time::Instant::now();
                 let snap = proxy_snapshot(&current, &proxy);
+                metrics.push_time.observe(started.elapsed().as_secs_f64());
+                metrics
+                    .convergence
+                    .observe(changed_at.elapsed().as_secs_f64());
                 tx.send_if_modified(|old| {
                     if **old == snap {
                         false
@@ -215,11 +226,14 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         }
     });
 
+    let metrics = Arc::new(Metrics::new());
     let source = ProxySnapshots {
         mesh: mesh_rx.clone(),
         debounce: Duration::from_millis(args.debounce_ms),
+        metrics: metrics.clone(),
     };
-    let ads = AdsServer::new(source);
+    let ads = AdsServer::new(source)
+        .with_observer(Arc::new(crate::metrics::MetricsObserver(metrics.clone())));
     let syncs = ads.registry();
     let serve = tokio::spawn(async move {
         if let Err(e) = tonic::transport::Server::builder()
@@ -230,7 +244,13 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
             tracing::error!(error = %e, "ADS server stopped");
         }
     });
-    let debug = tokio::spawn(debug_server(http, syncs.clone(), mesh_rx.clone(), ready_rx));
+    let debug = tokio::spawn(debug_server(
+        http,
+        syncs.clone(),
+        mesh_rx.clone(),
+        ready_rx,
+        metrics,
+    ));
     tracing::info!(%grpc_addr, %http_addr, galley = %args.galley, "pilot started");
     Ok(Running {
         grpc_addr,
@@ -246,6 +266,7 @@ async fn debug_server(
     syncs: Arc<SyncRegistry>,
     mesh: watch::Receiver<Arc<Mesh>>,
     ready: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) {
     loop {
         let (stream, _) = match listener.accept().await {
@@ -255,12 +276,16 @@ async fn debug_server(
                 continue;
             }
         };
-        let (syncs, mesh, ready) = (syncs.clone(), mesh.clone(), ready.clone());
+        let (syncs, mesh, ready, metrics) =
+            (syncs.clone(), mesh.clone(), ready.clone(), metrics.clone());
         tokio::spawn(async move {
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (status, body) =
-                        debug_response(req.uri().path(), &syncs, &mesh.borrow(), *ready.borrow());
+                    let (status, body) = if req.uri().path() == "/metrics" {
+                        (200, metrics.encode())
+                    } else {
+                        debug_response(req.uri().path(), &syncs, &mesh.borrow(), *ready.borrow())
+                    };
                     let mut r =
                         hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
                     *r.status_mut() =
@@ -329,6 +354,27 @@ fn debug_response(path: &str, syncs: &SyncRegistry, mesh: &Mesh, ready: bool) ->
             (
                 200,
                 serde_json::to_string_pretty(&services).unwrap_or_default(),
+            )
+        }
+        "/debug/adsz" => {
+            let proxies: Vec<_> = syncs
+                .streams()
+                .iter()
+                .map(|s| {
+                    json!({
+                        "proxy": s.node_id,
+                        "stream": s.id,
+                        "connectedSeconds": s.connected_at.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+                        "pushes": s.types.values().map(|t| t.pushes).sum::<u64>(),
+                    })
+                })
+                .collect();
+            (
+                200,
+                serde_json::to_string_pretty(
+                    &json!({ "totalClients": proxies.len(), "clients": proxies }),
+                )
+                .unwrap_or_default(),
             )
         }
         "/debug/configz" => {

@@ -356,6 +356,32 @@ fn envoy_acks_everything_and_routes_as_configured() {
         });
         (all_acked && s.types.values().all(|t| t.nacked.is_none())).then_some(())
     });
+    // Pilot's own view: metrics and the debug endpoints.
+    let metrics = get(pilot.http_addr.port(), "/metrics", &[]).unwrap().1;
+    assert!(metrics.contains("pilot_xds 1"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "pilot_xds_pushes_total{type=\"type.googleapis.com/envoy.config.listener.v3.Listener\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("pilot_total_xds_rejects_total{"),
+        "{metrics}"
+    );
+    let syncz = get(pilot.http_addr.port(), "/debug/syncz", &[]).unwrap().1;
+    assert!(
+        syncz.contains("router~127.0.0.1~istio-ingressgateway"),
+        "{syncz}"
+    );
+    let registryz = get(pilot.http_addr.port(), "/debug/registryz", &[])
+        .unwrap()
+        .1;
+    assert!(
+        registryz.contains("reviews.default.svc.cluster.local") && registryz.contains("127.0.0.14"),
+        "{registryz}"
+    );
+    assert_eq!(get(pilot.http_addr.port(), "/ready", &[]).unwrap().0, 200);
     let stats = get(admin, "/stats?filter=update_rejected", &[]).unwrap().1;
     for line in stats.lines().filter(|l| l.contains("update_rejected")) {
         assert!(
