@@ -110,6 +110,7 @@ pub fn proxy_snapshot(mesh: &Mesh, proxy: &Proxy) -> XdsSnapshot {
                     gateways: Vec::new(),
                     labels,
                     port,
+                    rules: Some(&rules),
                 };
                 rds::sidecar_routes(port, reg, &vss, &proxy.namespace, &ctx)
             })
@@ -134,6 +135,7 @@ pub fn proxy_snapshot(mesh: &Mesh, proxy: &Proxy) -> XdsSnapshot {
                         gateways: names.clone(),
                         labels,
                         port,
+                        rules: Some(&rules),
                     };
                     rds::gateway_routes(&format!("http.{port}"), reg, &vss, &ctx)
                 })

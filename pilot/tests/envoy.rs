@@ -650,6 +650,45 @@ fn envoy_accepts_the_bookinfo_config_and_every_sample_as_sidecar_and_gateway() {
         }
     }
     assert!(applied >= 38, "only {applied} sample files were applied");
+    // Features no sample uses: CORS, consistent hashing, TLS origination.
+    apply(
+        "extra.yaml",
+        "apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpCookie: {name: user, ttl: 60s}}
+    connectionPool:
+      tcp: {maxConnections: 10, connectTimeout: 2s}
+      http: {http1MaxPendingRequests: 5, maxRequestsPerConnection: 3, idleTimeout: 30s}
+    outlierDetection: {consecutiveErrors: 3, interval: 5s, baseEjectionTime: 30s, maxEjectionPercent: 50}
+    tls: {mode: SIMPLE, sni: ratings.example}
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - match: [{uri: {regex: '/ratings/[0-9]+'}, method: {exact: GET}, queryParams: {debug: {exact: 'true'}}}]
+    route: [{destination: {host: ratings, subset: v1}}]
+    corsPolicy: {allowOrigin: [https://bookinfo.example], allowMethods: [GET], maxAge: 24h, allowCredentials: true}
+    mirror: {host: ratings, subset: v1}
+    headers: {request: {set: {x-keel: 'yes'}}, response: {remove: [server]}}
+  - redirect: {uri: /ratings/0, authority: ratings}
+    match: [{uri: {exact: /old}}]
+  - route: [{destination: {host: ratings, subset: v1}}]
+    rewrite: {uri: /ratings, authority: ratings.internal}
+    retries: {attempts: 3, perTryTimeout: 2s, retryOn: 'gateway-error,connect-failure'}
+    timeout: 10s
+    websocketUpgrade: true
+",
+    );
+    all_synced(&pilot.syncs, 2, "extra features");
     let mesh = pilot.mesh.borrow().clone();
     assert!(mesh.config.resources.len() > 20);
     pilot.shutdown();

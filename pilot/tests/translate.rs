@@ -310,3 +310,71 @@ fn gateways_get_their_servers_and_bound_routes() {
     let rc: RouteConfiguration = decode(&sidecar_only, ROUTE_TYPE, "http.80");
     assert_eq!(rc.virtual_hosts.len(), 1);
 }
+
+#[test]
+fn cors_consistent_hash_and_tls_origination() {
+    let mut mesh = bookinfo(&[]);
+    let extra = "apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user}
+    tls: {mode: SIMPLE, sni: ratings.example}
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - route: [{destination: {host: ratings, subset: v1}}]
+    corsPolicy:
+      allowOrigin: [https://bookinfo.example]
+      allowMethods: [GET, POST]
+      maxAge: 24h
+";
+    let report = keel_config::load_str("extra.yaml", extra, Some("default"));
+    assert!(report.is_ok(), "{:?}", report.diagnostics);
+    let mut resources = mesh.config.resources.clone();
+    for r in report.resources {
+        resources.insert(r.key(), Arc::new(r));
+    }
+    mesh = Mesh::new(Snapshot {
+        version: 2,
+        resources,
+    });
+    let snap = proxy_snapshot(&mesh, &sidecar());
+    let c: Cluster = decode(
+        &snap,
+        CLUSTER_TYPE,
+        "outbound|9080|v1|ratings.default.svc.cluster.local",
+    );
+    assert_eq!(c.lb_policy, LbPolicy::RingHash as i32);
+    assert_eq!(
+        c.transport_socket.unwrap().name,
+        "envoy.transport_sockets.tls"
+    );
+    let rc: RouteConfiguration = decode(&snap, ROUTE_TYPE, "9080");
+    let vh = rc
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name.starts_with("ratings."))
+        .unwrap();
+    let Some(Action::Route(a)) = vh.routes[0].action.clone() else {
+        panic!()
+    };
+    assert_eq!(a.hash_policy.len(), 1);
+    let cors: envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy =
+        Message::decode(
+            vh.routes[0].typed_per_filter_config["envoy.filters.http.cors"]
+                .value
+                .as_slice(),
+        )
+        .unwrap();
+    assert_eq!(cors.allow_methods, "GET,POST");
+    assert_eq!(cors.max_age, "86400");
+}

@@ -28,8 +28,8 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 };
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use keel_config::networking::{
-    ConnectionPoolSettings, DestinationRule, OutlierDetection as IstioOutlier, SimpleLb,
-    TrafficPolicy,
+    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, DestinationRule,
+    OutlierDetection as IstioOutlier, SimpleLb, TrafficPolicy,
 };
 
 use super::{any, eds, pb_duration};
@@ -128,6 +128,71 @@ fn apply_policy(c: &mut Cluster, tp: &TrafficPolicy) {
     if let Some(od) = &tp.outlier_detection {
         c.outlier_detection = Some(outlier(od));
     }
+    if let Some(tls) = &tp.tls {
+        apply_tls(c, tls);
+    }
+}
+
+/// TLS origination with files (SIMPLE, MUTUAL). ISTIO_MUTUAL needs the mesh's certificates,
+/// which citadel will hand out over SDS; until then such clusters stay plaintext.
+fn apply_tls(c: &mut Cluster, tls: &ClientTlsSettings) {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::config::core::v3::{
+        DataSource, TransportSocket, data_source::Specifier,
+    };
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate,
+        UpstreamTlsContext,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+    let file = |p: &Option<String>| {
+        p.as_ref().map(|f| DataSource {
+            specifier: Some(Specifier::Filename(f.clone())),
+            ..Default::default()
+        })
+    };
+    let mut common = CommonTlsContext::default();
+    match tls.mode {
+        ClientTlsMode::Disable | ClientTlsMode::IstioMutual => return,
+        ClientTlsMode::Simple => {}
+        ClientTlsMode::Mutual => common.tls_certificates.push(TlsCertificate {
+            certificate_chain: file(&tls.client_certificate),
+            private_key: file(&tls.private_key),
+            ..Default::default()
+        }),
+    }
+    if tls.ca_certificates.is_some() {
+        common.validation_context_type = Some(ValidationContextType::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: file(&tls.ca_certificates),
+                match_typed_subject_alt_names: tls
+                    .subject_alt_names
+                    .iter()
+                    .map(|san| SubjectAltNameMatcher {
+                        san_type: SanType::Dns as i32,
+                        matcher: Some(StringMatcher {
+                            match_pattern: Some(MatchPattern::Exact(san.clone())),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        ));
+    }
+    let ctx = UpstreamTlsContext {
+        common_tls_context: Some(common),
+        sni: tls.sni.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    c.transport_socket = Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(ConfigType::TypedConfig(any(&ctx))),
+    });
 }
 
 fn u32v(v: Option<i64>) -> Option<UInt32Value> {

@@ -38,9 +38,10 @@ use keel_config::networking::{Gateway, Protocol, parse_protocol};
 use super::any;
 use super::cds::{PASSTHROUGH, inbound_name, outbound_name};
 use super::eds::socket;
-use super::rds::FAULT_FILTER;
+use super::rds::{CORS_FILTER, FAULT_FILTER};
 use crate::proxy::{Proxy, ProxyKind};
 use crate::registry::Registry;
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PORT: u16 = 15006;
@@ -50,6 +51,11 @@ fn http_filters() -> Vec<HttpFilter> {
         HttpFilter {
             name: FAULT_FILTER.into(),
             config_type: Some(HttpFilterConfig::TypedConfig(any(&HttpFault::default()))),
+            ..Default::default()
+        },
+        HttpFilter {
+            name: CORS_FILTER.into(),
+            config_type: Some(HttpFilterConfig::TypedConfig(any(&Cors::default()))),
             ..Default::default()
         },
         HttpFilter {

@@ -49,6 +49,7 @@ use super::{any, pb_duration};
 use crate::registry::{Registry, Service};
 
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+pub const CORS_FILTER: &str = "envoy.filters.http.cors";
 
 /// A VirtualService with the namespace it lives in.
 #[derive(Clone, Copy, Debug)]
@@ -66,6 +67,8 @@ pub struct RouteContext<'a> {
     pub labels: &'a BTreeMap<String, String>,
     /// The listener port the routes serve.
     pub port: u16,
+    /// DestinationRules by host, for consistent-hash routing.
+    pub rules: Option<&'a super::cds::DestinationRules<'a>>,
 }
 
 impl RouteContext<'_> {
@@ -278,6 +281,64 @@ fn apply_header_ops(
     }
 }
 
+fn hash_policy(
+    ch: &keel_config::networking::ConsistentHashLb,
+) -> envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy {
+    use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy;
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
+        ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter,
+    };
+    let spec = if let Some(h) = &ch.http_header_name {
+        PolicySpecifier::Header(Header {
+            header_name: h.clone(),
+            ..Default::default()
+        })
+    } else if let Some(c) = &ch.http_cookie {
+        PolicySpecifier::Cookie(Cookie {
+            name: c.name.clone(),
+            ttl: c.ttl.map(|t| pb_duration(t.as_std())),
+            path: c.path.clone().unwrap_or_default(),
+            ..Default::default()
+        })
+    } else if let Some(q) = &ch.http_query_parameter_name {
+        PolicySpecifier::QueryParameter(QueryParameter { name: q.clone() })
+    } else {
+        PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true })
+    };
+    HashPolicy {
+        policy_specifier: Some(spec),
+        ..Default::default()
+    }
+}
+
+fn cors(
+    c: &keel_config::networking::CorsPolicy,
+) -> envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy {
+    let mut origins: Vec<StringMatcher> = c
+        .allow_origin
+        .iter()
+        .map(|o| StringMatcher {
+            match_pattern: Some(MatchPattern::Exact(o.clone())),
+            ..Default::default()
+        })
+        .collect();
+    origins.extend(c.allow_origins.iter().filter_map(string_matcher));
+    envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy {
+        allow_origin_string_match: origins,
+        allow_methods: c.allow_methods.join(","),
+        allow_headers: c.allow_headers.join(","),
+        expose_headers: c.expose_headers.join(","),
+        max_age: c
+            .max_age
+            .map(|d| d.as_std().as_secs().to_string())
+            .unwrap_or_default(),
+        allow_credentials: c
+            .allow_credentials
+            .map(|value| envoy_types::pb::google::protobuf::BoolValue { value }),
+        ..Default::default()
+    }
+}
+
 /// One Istio http route as the Envoy routes for each of its matches.
 pub fn translate_route(
     r: &HttpRoute,
@@ -399,6 +460,19 @@ pub fn translate_route(
                 ..Default::default()
             })
             .collect();
+        if let Some(first) = r.route.first() {
+            let host = qualify_host(&first.destination.host, vs_namespace);
+            if let Some(ch) = ctx.rules.and_then(|rules| rules.get(&host)).and_then(|dr| {
+                dr.traffic_policy
+                    .as_ref()?
+                    .load_balancer
+                    .as_ref()?
+                    .consistent_hash
+                    .as_ref()
+            }) {
+                action.hash_policy.push(hash_policy(ch));
+            }
+        }
         if r.websocket_upgrade == Some(true) {
             action.upgrade_configs.push(UpgradeConfig {
                 upgrade_type: "websocket".into(),
@@ -443,6 +517,9 @@ pub fn translate_route(
         per_filter.insert(FAULT_FILTER.to_owned(), any(&fault));
     }
 
+    if let Some(c) = &r.cors_policy {
+        per_filter.insert(CORS_FILTER.to_owned(), any(&cors(c)));
+    }
     let matches: Vec<Option<&HttpMatchRequest>> = if r.matches.is_empty() {
         vec![None]
     } else {
