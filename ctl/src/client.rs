@@ -230,6 +230,11 @@ impl GalleyClient {
         self.decode::<ApplyResponse>(v).map(|r| r.results)
     }
 
+    /// GET any path that answers JSON (pilot's debug endpoints, a proxy's admin API).
+    pub async fn get_raw(&self, path: &str) -> Result<Value, ClientError> {
+        self.call(Method::GET, path, None).await
+    }
+
     pub async fn get(&self, kind: &str, namespace: &str, name: &str) -> Result<Value, ClientError> {
         let ns = if namespace.is_empty() { "-" } else { namespace };
         self.call(

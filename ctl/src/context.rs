@@ -6,11 +6,15 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_GALLEY: &str = "http://127.0.0.1:9093";
+pub const DEFAULT_PILOT: &str = "http://127.0.0.1:8080";
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Context {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub galley: Option<String>,
+    /// Pilot's debug address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pilot: Option<String>,
 }
 
 pub fn keel_home() -> PathBuf {
@@ -61,4 +65,18 @@ pub fn galley_addr(flag: Option<&str>) -> anyhow::Result<String> {
         return Ok(env);
     }
     Ok(load()?.galley.unwrap_or_else(|| DEFAULT_GALLEY.to_owned()))
+}
+
+/// Pilot's debug address: `--pilot`, else `$KEEL_PILOT`, else the context file, else the
+/// local default.
+pub fn pilot_addr(flag: Option<&str>) -> anyhow::Result<String> {
+    if let Some(f) = flag {
+        return Ok(f.to_owned());
+    }
+    if let Ok(env) = std::env::var("KEEL_PILOT")
+        && !env.is_empty()
+    {
+        return Ok(env);
+    }
+    Ok(load()?.pilot.unwrap_or_else(|| DEFAULT_PILOT.to_owned()))
 }

@@ -39,6 +39,10 @@ pub enum Command {
     Label(cmd::label::Args),
     /// Show or set where keelctl finds galley.
     Context(cmd::context::Args),
+    /// Every proxy connected to pilot, and whether it is in sync (CDS, LDS, EDS, RDS).
+    ProxyStatus(cmd::proxy::StatusArgs),
+    /// A proxy's configuration from its admin API: clusters, listeners, routes, endpoints.
+    ProxyConfig(cmd::proxy::ConfigArgs),
     /// Check configuration files the way Keel's control plane will, without applying them.
     Validate(cmd::validate::Args),
 }
@@ -67,6 +71,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     Command::Edit(a) => cmd::edit::run(a, &client, &mut out, &mut err).await,
                     Command::Label(a) => cmd::label::run(a, &client, &mut out, &mut err).await,
+                    Command::ProxyStatus(a) => cmd::proxy::status(a, &mut out, &mut err).await,
+                    Command::ProxyConfig(a) => cmd::proxy::config(a, &mut out, &mut err).await,
                     Command::Validate(_) | Command::Context(_) => Ok(true),
                 }
             })?

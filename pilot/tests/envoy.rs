@@ -382,6 +382,67 @@ fn envoy_acks_everything_and_routes_as_configured() {
         "{registryz}"
     );
     assert_eq!(get(pilot.http_addr.port(), "/ready", &[]).unwrap().0, 200);
+    // keelctl's views of the same: proxy-status from pilot, proxy-config from Envoy's admin.
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let ok = rt
+        .block_on(keelctl::cmd::proxy::status(
+            &keelctl::cmd::proxy::StatusArgs {
+                pilot: Some(format!("http://{}", pilot.http_addr)),
+                output: None,
+            },
+            &mut out,
+            &mut err,
+        ))
+        .unwrap();
+    let table = String::from_utf8_lossy(&out);
+    assert!(ok, "{}", String::from_utf8_lossy(&err));
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["PROXY", "CDS", "LDS", "EDS", "RDS", "PILOT"]
+    );
+    assert!(
+        lines[1].starts_with("istio-ingressgateway.istio-system "),
+        "{table}"
+    );
+    assert_eq!(
+        lines[1]
+            .split_whitespace()
+            .filter(|w| *w == "SYNCED")
+            .count(),
+        4,
+        "{table}"
+    );
+    for (section, expect) in [
+        (
+            "clusters",
+            "outbound|9080|v2|reviews.default.svc.cluster.local",
+        ),
+        ("routes", format!("http.{gateway_port}").as_str()),
+        ("listeners", format!("0.0.0.0_{gateway_port}").as_str()),
+        ("endpoints", "127.0.0.14"),
+    ] {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let ok = rt
+            .block_on(keelctl::cmd::proxy::config(
+                &keelctl::cmd::proxy::ConfigArgs {
+                    section: section.into(),
+                    admin: format!("127.0.0.1:{admin}"),
+                    output: None,
+                },
+                &mut out,
+                &mut err,
+            ))
+            .unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(ok, "{}", String::from_utf8_lossy(&err));
+        let wanted = if section == "clusters" {
+            "reviews.default.svc.cluster.local   9080   v2"
+        } else {
+            expect
+        };
+        assert!(text.contains(wanted), "proxy-config {section}:\n{text}");
+    }
     let stats = get(admin, "/stats?filter=update_rejected", &[]).unwrap().1;
     for line in stats.lines().filter(|l| l.contains("update_rejected")) {
         assert!(

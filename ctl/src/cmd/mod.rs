@@ -7,4 +7,5 @@ pub mod edit;
 pub mod get;
 pub mod input;
 pub mod label;
+pub mod proxy;
 pub mod validate;
