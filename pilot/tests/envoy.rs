@@ -59,6 +59,17 @@ fn start_envoy(pilot: SocketAddr, admin: u16, dir: &Path) -> Envoy {
 }
 
 fn start_envoy_as(node: &str, pilot: SocketAddr, admin: u16, dir: &Path) -> Envoy {
+    start_envoy_with(node, "GRPC", pilot, admin, dir)
+}
+
+/// `api_type`: GRPC (state of the world) or DELTA_GRPC (incremental).
+fn start_envoy_with(
+    node: &str,
+    api_type: &str,
+    pilot: SocketAddr,
+    admin: u16,
+    dir: &Path,
+) -> Envoy {
     let bootstrap = format!(
         r#"node:
   id: {node}
@@ -67,7 +78,7 @@ admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
   cds_config: {{ads: {{}}, resource_api_version: V3}}
@@ -95,7 +106,9 @@ static_resources:
         .arg("-c")
         .arg(&path)
         // Each Envoy needs its own shared-memory base id; the admin port is unique.
-        .args(["--concurrency", "1", "-l", "warning", "--base-id"])
+        .args(["--concurrency", "1", "-l"])
+        .arg(std::env::var("KEEL_ENVOY_LOG").unwrap_or_else(|_| "warning".into()))
+        .arg("--base-id")
         .arg(admin.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::from(
@@ -588,9 +601,11 @@ fn envoy_acks_everything_and_routes_as_configured() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Waits until every stream has ACKed what it was last sent, and fails on any NACK.
+/// Waits until every stream has ACKed what it was last sent, and fails on any NACK; on a
+/// timeout the message shows each stream's sent and ACKed versions.
 fn all_synced(syncs: &keel_xds::status::SyncRegistry, proxies: usize, what: &str) {
-    eventually(what, Duration::from_secs(15), || {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
         let streams = syncs.streams();
         for s in &streams {
             for (t, st) in &s.types {
@@ -600,15 +615,41 @@ fn all_synced(syncs: &keel_xds::status::SyncRegistry, proxies: usize, what: &str
             }
         }
         // A proxy asks for RDS and EDS only when its listeners and clusters need them.
-        (streams.len() == proxies
+        let done = streams.len() == proxies
             && streams.iter().all(|s| {
                 s.types.len() >= 2
                     && s.types
                         .values()
                         .all(|t| t.sent_version.is_some() && t.acked_version == t.sent_version)
-            }))
-        .then_some(())
-    });
+            });
+        if done {
+            return;
+        }
+        if Instant::now() > deadline {
+            let state: Vec<String> = streams
+                .iter()
+                .map(|s| {
+                    let types: Vec<_> = s
+                        .types
+                        .iter()
+                        .map(|(t, st)| {
+                            (
+                                t.rsplit('.').next().unwrap_or(t).to_owned(),
+                                st.sent_version.clone(),
+                                st.acked_version.clone(),
+                            )
+                        })
+                        .collect();
+                    format!("{}: {types:?}", s.node_id)
+                })
+                .collect();
+            panic!(
+                "timed out waiting for {what} to be ACKed by {proxies} proxies:\n{}",
+                state.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -679,8 +720,10 @@ fn envoy_accepts_the_bookinfo_config_and_every_sample_as_sidecar_and_gateway() {
             log_format: "text".into(),
         }))
         .unwrap();
-    let _sidecar = start_envoy_as(
+    // The sidecar speaks incremental (delta) xDS, the gateway state of the world.
+    let _sidecar = start_envoy_with(
         "sidecar~127.0.1.3~reviews-v1.default~default.svc.cluster.local",
+        "DELTA_GRPC",
         pilot.grpc_addr,
         free_port("127.0.0.1"),
         &dir,

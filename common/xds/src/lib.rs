@@ -9,12 +9,14 @@
 //! - [`server`]: a state-of-the-world ADS server over tonic. Each stream tracks, per type, the
 //!   subscribed names, the version and nonce it last sent, and what the client ACKed or NACKed
 //!   (with the NACK's error detail kept); new snapshots are pushed as they are published.
+//! - [`delta`]: the incremental protocol's state machine, served by the same server.
 //! - [`status`]: that bookkeeping, readable by debug endpoints (`/debug/syncz`).
 //! - [`client`]: an ADS client that reconnects with backoff and keeps the last good state.
 //!
 //! Nothing here knows Istio or Envoy semantics beyond the protocol.
 
 pub mod client;
+pub mod delta;
 pub mod server;
 pub mod snapshot;
 pub mod status;

@@ -91,7 +91,7 @@ struct Subscription {
 /// Envoy's warming dependencies: after a push of the first type, Envoy re-requests the
 /// second for the clusters or listeners it is warming, and waits (up to its fetch timeout)
 /// for an answer even when nothing changed.
-const DEPENDENTS: &[(&str, &str)] = &[
+pub(crate) const DEPENDENTS: &[(&str, &str)] = &[
     (
         "type.googleapis.com/envoy.config.cluster.v3.Cluster",
         "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
@@ -281,11 +281,23 @@ impl<S: SnapshotSource> AggregatedDiscoveryService for AdsServer<S> {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "this server speaks state-of-the-world ADS only (StreamAggregatedResources)",
-        ))
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let stream = StreamTask {
+            id,
+            source: self.source.clone(),
+            registry: self.registry.clone(),
+            observer: self.observer.clone(),
+        };
+        let span = tracing::debug_span!("delta-ads", stream = id);
+        tokio::spawn(tracing::Instrument::instrument(
+            stream.run_delta(inbound, tx),
+            span,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
@@ -361,6 +373,97 @@ impl<S: SnapshotSource> StreamTask<S> {
         }
         self.registry.remove(self.id);
         self.observer.disconnected(&node_id);
+    }
+
+    async fn run_delta(
+        self,
+        mut inbound: Streaming<DeltaDiscoveryRequest>,
+        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) {
+        let first = match inbound.message().await {
+            Ok(Some(r)) => r,
+            _ => return,
+        };
+        let node = first.node.clone().unwrap_or_default();
+        let node_id = node.id.clone();
+        self.registry.insert(self.id, node_id.clone());
+        self.observer.connected(&node_id);
+        let mut snaps = self.source.snapshots(&node);
+        let mut state = crate::delta::DeltaState::default();
+        let mut next = Some(first);
+        loop {
+            if let Some(req) = next.take() {
+                let snap = snaps.borrow().clone();
+                let (reply, resp) = state.on_request(&req, &snap);
+                let reply = match reply {
+                    // Delta has no snapshot version in ACKs: record the one last sent.
+                    Reply::Ack { .. } => Reply::Ack {
+                        version: snap.version(&req.type_url).to_owned(),
+                    },
+                    other => other,
+                };
+                self.record(&node_id, &req.type_url, &reply);
+                if let Some(resp) = resp
+                    && !self.send_delta(&node_id, resp, &tx).await
+                {
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => next = Some(req),
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%status, "delta stream ended");
+                        break;
+                    }
+                },
+                changed = snaps.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let snap = snaps.borrow_and_update().clone();
+                    let mut open = true;
+                    for resp in state.on_snapshot(&snap) {
+                        if !self.send_delta(&node_id, resp, &tx).await {
+                            open = false;
+                            break;
+                        }
+                    }
+                    if !open {
+                        break;
+                    }
+                }
+                _ = tx.closed() => break,
+            }
+        }
+        self.registry.remove(self.id);
+        self.observer.disconnected(&node_id);
+    }
+
+    async fn send_delta(
+        &self,
+        node_id: &str,
+        resp: DeltaDiscoveryResponse,
+        tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) -> bool {
+        let (type_url, version, nonce, n) = (
+            resp.type_url.clone(),
+            resp.system_version_info.clone(),
+            resp.nonce.clone(),
+            resp.resources.len(),
+        );
+        if tx.send(Ok(resp)).await.is_err() {
+            return false;
+        }
+        self.registry.update(self.id, &type_url, |t| {
+            t.sent_version = Some(version);
+            t.sent_nonce = Some(nonce);
+            t.pushes += 1;
+        });
+        self.observer.pushed(node_id, &type_url, n);
+        true
     }
 
     fn record(&self, node_id: &str, type_url: &str, reply: &Reply) {
