@@ -536,6 +536,44 @@ fn envoy_acks_everything_and_routes_as_configured() {
         "the delay was not applied: {took:?}"
     );
 
+    // Route changes under continuous load: 20 changes, no request fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            // One keep-alive connection per batch, so in-flight requests span the updates.
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match get(gateway_port, "/reviews/0", &[("Host", HOST)]) {
+                    Ok((200, _, _)) => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    for i in 0..20 {
+        let (a, b) = if i % 2 == 0 {
+            ("v1", "v2")
+        } else {
+            ("v2", "v1")
+        };
+        apply(&reviews_vs(&format!(
+            "  - route:\n    - destination: {{host: reviews, subset: {a}}}\n      weight: 70\n    - destination: {{host: reviews, subset: {b}}}\n      weight: 30\n"
+        )));
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during route changes: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 50, "too little load to mean anything: {ok}");
+
     // No VirtualService for a host: every version of the service, round robin.
     apply(&reviews_vs(
         "  - route:\n    - destination: {host: reviews}\n",

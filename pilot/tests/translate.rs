@@ -378,3 +378,41 @@ spec:
     assert_eq!(cors.allow_methods, "GET,POST");
     assert_eq!(cors.max_age, "86400");
 }
+
+#[test]
+fn a_new_pod_changes_only_the_endpoints() {
+    let mesh = bookinfo(&[]);
+    let before = proxy_snapshot(&mesh, &sidecar());
+    let mut resources = mesh.config.resources.clone();
+    let report = keel_config::load_str(
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: reviews-v2-b, labels: {app: reviews, version: v2}}\nspec:\n  containers: [{name: reviews, image: x}]\nstatus: {phase: Running, podIP: 10.0.0.50}\n",
+        Some("default"),
+    );
+    for r in report.resources {
+        resources.insert(r.key(), Arc::new(r));
+    }
+    let after = proxy_snapshot(
+        &Mesh::new(Snapshot {
+            version: 2,
+            resources,
+        }),
+        &sidecar(),
+    );
+    for t in [CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE] {
+        assert_eq!(
+            before.types[t].version, after.types[t].version,
+            "{t} must not be pushed"
+        );
+    }
+    assert_ne!(
+        before.types[ENDPOINT_TYPE].version,
+        after.types[ENDPOINT_TYPE].version
+    );
+    let cla: ClusterLoadAssignment = decode(
+        &after,
+        ENDPOINT_TYPE,
+        "outbound|9080|v2|reviews.default.svc.cluster.local",
+    );
+    assert_eq!(cla.endpoints[0].lb_endpoints.len(), 2);
+}
