@@ -92,6 +92,56 @@ pub struct Endpoint {
     pub workload: String,
 }
 
+/// What translation needs from a service registry: services, their endpoints, and who a
+/// proxy at an address is. [`Registry`] implements it from configuration (Kubernetes
+/// Services and Pods, ServiceEntries and WorkloadEntries); a registry that watches a
+/// Kubernetes API server implements the same.
+pub trait ServiceRegistry: Send + Sync {
+    fn services(&self) -> Box<dyn Iterator<Item = &Arc<Service>> + '_>;
+    fn service(&self, hostname: &str) -> Option<&Arc<Service>>;
+    /// Endpoints of `hostname:port`, in a stable order.
+    fn endpoints(&self, hostname: &str, port: u16) -> &[Endpoint];
+    fn workload(&self, ip: IpAddr) -> Option<&Workload>;
+
+    /// Services whose endpoints include `ip`: what a sidecar at `ip` serves, with the
+    /// service port and the workload's port behind it.
+    fn services_of(&self, ip: IpAddr) -> Vec<(Arc<Service>, ServicePort, u16)> {
+        let ip = ip.to_string();
+        let mut out = Vec::new();
+        for svc in self.services() {
+            for port in &svc.ports {
+                for ep in self.endpoints(&svc.hostname, port.port) {
+                    if ep.address == ip {
+                        out.push((svc.clone(), port.clone(), ep.port));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl ServiceRegistry for Registry {
+    fn services(&self) -> Box<dyn Iterator<Item = &Arc<Service>> + '_> {
+        Box::new(self.services.values())
+    }
+
+    fn service(&self, hostname: &str) -> Option<&Arc<Service>> {
+        self.services.get(hostname)
+    }
+
+    fn endpoints(&self, hostname: &str, port: u16) -> &[Endpoint] {
+        self.endpoints
+            .get(&(hostname.to_owned(), port))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    fn workload(&self, ip: IpAddr) -> Option<&Workload> {
+        self.workloads.get(&ip)
+    }
+}
+
 /// Services and their endpoints, by FQDN and port.
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
@@ -111,42 +161,6 @@ pub struct Workload {
 }
 
 impl Registry {
-    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
-        self.services.values()
-    }
-
-    pub fn service(&self, hostname: &str) -> Option<&Arc<Service>> {
-        self.services.get(hostname)
-    }
-
-    /// Endpoints of `hostname:port`, in a stable order.
-    pub fn endpoints(&self, hostname: &str, port: u16) -> &[Endpoint] {
-        self.endpoints
-            .get(&(hostname.to_owned(), port))
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-    }
-
-    pub fn workload(&self, ip: IpAddr) -> Option<&Workload> {
-        self.workloads.get(&ip)
-    }
-
-    /// Services whose endpoints include `ip`: the services a sidecar at `ip` serves.
-    pub fn services_of(&self, ip: IpAddr) -> Vec<(Arc<Service>, ServicePort, u16)> {
-        let ip = ip.to_string();
-        let mut out = Vec::new();
-        for svc in self.services.values() {
-            for port in &svc.ports {
-                for ep in self.endpoints(&svc.hostname, port.port) {
-                    if ep.address == ip {
-                        out.push((svc.clone(), port.clone(), ep.port));
-                    }
-                }
-            }
-        }
-        out
-    }
-
     /// Builds the registry from a configuration snapshot.
     pub fn from_config(snapshot: &Snapshot) -> Registry {
         let mut reg = Registry::default();

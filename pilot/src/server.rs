@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::registry::ServiceRegistry;
 use crate::snapshot::{Mesh, proxy_snapshot};
 
 pub const DEFAULT_GALLEY: &str = "http://127.0.0.1:9901";

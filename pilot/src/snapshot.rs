@@ -16,7 +16,7 @@ use keel_config::{Kind, Spec};
 use keel_xds::{Any, TypeResources, XdsSnapshot};
 
 use crate::proxy::{Proxy, ProxyKind};
-use crate::registry::Registry;
+use crate::registry::{Registry, ServiceRegistry};
 use crate::xds::rds::{RouteContext, ScopedVirtualService};
 use crate::xds::{any, cds, eds, lds, rds};
 
@@ -92,7 +92,7 @@ fn resources<M: prost::Message + prost::Name>(items: Vec<(String, M)>) -> Arc<Ty
 
 /// Everything `proxy` should have.
 pub fn proxy_snapshot(mesh: &Mesh, proxy: &Proxy) -> XdsSnapshot {
-    let reg = &mesh.registry;
+    let reg: &dyn ServiceRegistry = &mesh.registry;
     let empty = BTreeMap::new();
     let labels = reg.workload(proxy.ip).map(|w| &w.labels).unwrap_or(&empty);
     let rules = mesh.destination_rules();

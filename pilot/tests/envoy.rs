@@ -531,8 +531,9 @@ fn envoy_acks_everything_and_routes_as_configured() {
     });
     let (s, body, took) = get(gateway_port, "/reviews/0", &host).unwrap();
     assert_eq!((s, version_of(&body)), (200, "v1"));
+    // Envoy's timers may fire a few milliseconds early; undelayed answers take about 1 ms.
     assert!(
-        took >= Duration::from_millis(300),
+        took >= Duration::from_millis(250),
         "the delay was not applied: {took:?}"
     );
 

@@ -34,7 +34,7 @@ use keel_config::networking::{
 
 use super::{any, eds, pb_duration};
 use crate::proxy::{Proxy, ProxyKind};
-use crate::registry::{Discovery, Registry, Service, ServicePort};
+use crate::registry::{Discovery, Service, ServicePort, ServiceRegistry};
 
 pub const BLACKHOLE: &str = "BlackHoleCluster";
 pub const PASSTHROUGH: &str = "PassthroughCluster";
@@ -319,7 +319,7 @@ fn base_cluster(name: String, svc: &Service, port: &ServicePort) -> Cluster {
 /// STRICT_DNS clusters carry their endpoints inline.
 fn inline_endpoints(
     c: &mut Cluster,
-    reg: &Registry,
+    reg: &dyn ServiceRegistry,
     svc: &Service,
     port: &ServicePort,
     subset_labels: Option<&std::collections::BTreeMap<String, String>>,
@@ -334,7 +334,11 @@ fn inline_endpoints(
 }
 
 /// Every cluster `proxy` needs.
-pub fn clusters(reg: &Registry, rules: &DestinationRules<'_>, proxy: &Proxy) -> Vec<Cluster> {
+pub fn clusters(
+    reg: &dyn ServiceRegistry,
+    rules: &DestinationRules<'_>,
+    proxy: &Proxy,
+) -> Vec<Cluster> {
     let mut out = Vec::new();
     for svc in reg.services() {
         let rule = rules.get(&svc.hostname).copied();

@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 
-use crate::registry::{Discovery, Endpoint, Registry};
+use crate::registry::{Discovery, Endpoint, ServiceRegistry};
 
 pub fn socket(address: &str, port: u16) -> Address {
     Address {
@@ -67,7 +67,7 @@ pub fn local(cluster: &str, port: u16) -> ClusterLoadAssignment {
 
 /// Every outbound EDS cluster's assignment, by cluster name.
 pub fn assignments(
-    reg: &Registry,
+    reg: &dyn ServiceRegistry,
     rules: &super::cds::DestinationRules<'_>,
 ) -> Vec<ClusterLoadAssignment> {
     let mut out = Vec::new();

@@ -40,7 +40,7 @@ use super::cds::{PASSTHROUGH, inbound_name, outbound_name};
 use super::eds::socket;
 use super::rds::{CORS_FILTER, FAULT_FILTER};
 use crate::proxy::{Proxy, ProxyKind};
-use crate::registry::Registry;
+use crate::registry::ServiceRegistry;
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 
 pub const OUTBOUND_PORT: u16 = 15001;
@@ -156,7 +156,7 @@ fn inbound_routes(cluster: &str) -> RouteConfiguration {
 }
 
 /// The HTTP ports a sidecar routes by RDS (each is a route configuration name).
-pub fn sidecar_http_ports(reg: &Registry) -> BTreeSet<u16> {
+pub fn sidecar_http_ports(reg: &dyn ServiceRegistry) -> BTreeSet<u16> {
     reg.services()
         .flat_map(|s| s.ports.iter())
         .filter(|p| p.protocol.is_http())
@@ -164,7 +164,7 @@ pub fn sidecar_http_ports(reg: &Registry) -> BTreeSet<u16> {
         .collect()
 }
 
-pub fn sidecar_listeners(reg: &Registry, proxy: &Proxy) -> Vec<Listener> {
+pub fn sidecar_listeners(reg: &dyn ServiceRegistry, proxy: &Proxy) -> Vec<Listener> {
     let mut out = vec![
         capture("virtualOutbound", OUTBOUND_PORT),
         capture("virtualInbound", INBOUND_PORT),
@@ -269,7 +269,7 @@ pub fn gateway_listeners(gateways: &[&(String, &Gateway)]) -> Vec<Listener> {
 
 /// Every listener `proxy` needs.
 pub fn listeners(
-    reg: &Registry,
+    reg: &dyn ServiceRegistry,
     gateways: &[(String, &Gateway)],
     proxy: &Proxy,
     labels: &BTreeMap<String, String>,

@@ -46,7 +46,7 @@ use keel_config::networking::{
 
 use super::cds::outbound_name;
 use super::{any, pb_duration};
-use crate::registry::{Registry, Service};
+use crate::registry::{Service, ServiceRegistry};
 
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
 pub const CORS_FILTER: &str = "envoy.filters.http.cors";
@@ -213,7 +213,7 @@ fn fraction(percent: f64) -> FractionalPercent {
 fn destination_cluster(
     d: &Destination,
     vs_namespace: &str,
-    reg: &Registry,
+    reg: &dyn ServiceRegistry,
     listener_port: u16,
 ) -> String {
     let host = qualify_host(&d.host, vs_namespace);
@@ -343,7 +343,7 @@ fn cors(
 pub fn translate_route(
     r: &HttpRoute,
     vs_namespace: &str,
-    reg: &Registry,
+    reg: &dyn ServiceRegistry,
     ctx: &RouteContext<'_>,
     name: &str,
 ) -> Vec<Route> {
@@ -560,7 +560,7 @@ pub fn translate_route(
 /// The routes of `vs` for this proxy, in order.
 pub fn virtual_service_routes(
     vs: ScopedVirtualService<'_>,
-    reg: &Registry,
+    reg: &dyn ServiceRegistry,
     ctx: &RouteContext<'_>,
 ) -> Vec<Route> {
     let mut out = Vec::new();
@@ -603,7 +603,7 @@ fn with_ports(names: Vec<String>, port: u16) -> Vec<String> {
 /// The sidecar's outbound route configuration for HTTP port `port`, named after the port.
 pub fn sidecar_routes(
     port: u16,
-    reg: &Registry,
+    reg: &dyn ServiceRegistry,
     virtual_services: &[ScopedVirtualService<'_>],
     client_namespace: &str,
     ctx: &RouteContext<'_>,
@@ -646,7 +646,7 @@ pub fn sidecar_routes(
 /// bound to the gateway, answering to its hosts.
 pub fn gateway_routes(
     name: &str,
-    reg: &Registry,
+    reg: &dyn ServiceRegistry,
     virtual_services: &[ScopedVirtualService<'_>],
     ctx: &RouteContext<'_>,
 ) -> RouteConfiguration {
