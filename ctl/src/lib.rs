@@ -45,6 +45,8 @@ pub enum Command {
     ProxyConfig(cmd::proxy::ConfigArgs),
     /// Check configuration files the way Keel's control plane will, without applying them.
     Validate(cmd::validate::Args),
+    /// Mixer's expression language: `keelctl expr eval EXPR [--attributes FILE.json]`.
+    Expr(cmd::expr::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -55,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ok = match &cli.command {
         Command::Validate(args) => cmd::validate::run(args, &mut stdin, &mut out, &mut err)?,
         Command::Context(args) => cmd::context::run(args, cli.galley.as_deref(), &mut out)?,
+        Command::Expr(args) => cmd::expr::run(args, &mut out, &mut err)?,
         command => {
             let client = client::GalleyClient::new(&context::galley_addr(cli.galley.as_deref())?);
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -73,7 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Command::Label(a) => cmd::label::run(a, &client, &mut out, &mut err).await,
                     Command::ProxyStatus(a) => cmd::proxy::status(a, &mut out, &mut err).await,
                     Command::ProxyConfig(a) => cmd::proxy::config(a, &mut out, &mut err).await,
-                    Command::Validate(_) | Command::Context(_) => Ok(true),
+                    Command::Validate(_) | Command::Context(_) | Command::Expr(_) => Ok(true),
                 }
             })?
         }

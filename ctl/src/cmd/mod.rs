@@ -4,6 +4,7 @@ pub mod apply;
 pub mod context;
 pub mod delete;
 pub mod edit;
+pub mod expr;
 pub mod get;
 pub mod input;
 pub mod label;
