@@ -74,15 +74,71 @@ pub enum HeaderOperation {
     Append,
 }
 
+/// Checks an attribute expression against Istio's attribute vocabulary: syntax, attribute
+/// names and types. `want` is the type the field needs (`None`: any). An empty expression
+/// means the field is unset, as in Mixer; required fields are checked for that separately.
+pub fn check_expression(
+    d: &mut Diagnostics,
+    path: &FieldPath,
+    text: &str,
+    want: Option<keel_attributes::ValueType>,
+) {
+    use std::sync::OnceLock;
+    if text.trim().is_empty() {
+        return;
+    }
+    static MANIFEST: OnceLock<keel_attributes::Manifest> = OnceLock::new();
+    let manifest = MANIFEST.get_or_init(keel_attributes::Manifest::istio);
+    match keel_attributes::compile(text, manifest) {
+        Err(e) => d.error(
+            path,
+            format!(
+                "invalid expression {text:?}: column {}: {}",
+                e.column, e.message
+            ),
+        ),
+        Ok(p) => {
+            if let Some(w) = want
+                && p.result_type() != w
+            {
+                d.error(
+                    path,
+                    format!(
+                        "expression {text:?} is {}, this field needs {w}",
+                        p.result_type()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn check_all<'a>(
+    d: &mut Diagnostics,
+    path: &FieldPath,
+    exprs: impl IntoIterator<Item = (&'a String, &'a String)>,
+) {
+    for (k, v) in exprs {
+        check_expression(d, &path.key(k.clone()), v, None);
+    }
+}
+
 impl Rule {
     pub fn validate(&self, d: &mut Diagnostics, spec: &FieldPath) {
-        if let Some(m) = &self.r#match
-            && m.trim().is_empty()
-        {
-            d.error(
-                &spec.key("match"),
-                "match must not be blank (omit it to match everything)",
-            );
+        if let Some(m) = &self.r#match {
+            if m.trim().is_empty() {
+                d.error(
+                    &spec.key("match"),
+                    "match must not be blank (omit it to match everything)",
+                );
+            } else {
+                check_expression(
+                    d,
+                    &spec.key("match"),
+                    m,
+                    Some(keel_attributes::ValueType::Bool),
+                );
+            }
         }
         for (i, a) in self.actions.iter().enumerate() {
             let p = spec.key("actions").index(i);
@@ -450,21 +506,158 @@ impl Template {
     }
 
     pub fn validate(&self, d: &mut Diagnostics, p: &FieldPath) {
-        let require = |d: &mut Diagnostics, field: &str, v: &str| {
-            if v.trim().is_empty() {
-                d.error(&p.key(field), format!("{field} is required"));
-            }
+        use keel_attributes::ValueType as T;
+        // A required expression, or an optional one, checked for its type.
+        let field = |d: &mut Diagnostics,
+                     name: &str,
+                     v: Option<&String>,
+                     want: Option<T>,
+                     required: bool| match v {
+            Some(v) if !v.trim().is_empty() => check_expression(d, &p.key(name), v, want),
+            _ if required => d.error(&p.key(name), format!("{name} is required")),
+            _ => {}
         };
         match self {
-            Template::Metric(m) => require(d, "value", &m.value),
-            Template::ListEntry(l) => require(d, "value", &l.value),
-            Template::TraceSpan(t) => {
-                require(d, "traceId", &t.trace_id);
-                require(d, "spanName", &t.span_name);
-                require(d, "startTime", &t.start_time);
-                require(d, "endTime", &t.end_time);
+            Template::Metric(m) => {
+                field(d, "value", Some(&m.value), None, true);
+                check_all(d, &p.key("dimensions"), &m.dimensions);
+                field(
+                    d,
+                    "monitoredResourceType",
+                    m.monitored_resource_type.as_ref(),
+                    Some(T::String),
+                    false,
+                );
+                check_all(
+                    d,
+                    &p.key("monitoredResourceDimensions"),
+                    &m.monitored_resource_dimensions,
+                );
             }
-            _ => {}
+            Template::LogEntry(l) => {
+                check_all(d, &p.key("variables"), &l.variables);
+                field(
+                    d,
+                    "timestamp",
+                    l.timestamp.as_ref(),
+                    Some(T::Timestamp),
+                    false,
+                );
+                field(d, "severity", l.severity.as_ref(), Some(T::String), false);
+                field(
+                    d,
+                    "monitoredResourceType",
+                    l.monitored_resource_type.as_ref(),
+                    Some(T::String),
+                    false,
+                );
+                check_all(
+                    d,
+                    &p.key("monitoredResourceDimensions"),
+                    &l.monitored_resource_dimensions,
+                );
+            }
+            Template::ListEntry(l) => field(d, "value", Some(&l.value), None, true),
+            Template::Quota(q) => check_all(d, &p.key("dimensions"), &q.dimensions),
+            Template::TraceSpan(t) => {
+                field(d, "traceId", Some(&t.trace_id), Some(T::String), true);
+                field(d, "spanName", Some(&t.span_name), Some(T::String), true);
+                field(
+                    d,
+                    "startTime",
+                    Some(&t.start_time),
+                    Some(T::Timestamp),
+                    true,
+                );
+                field(d, "endTime", Some(&t.end_time), Some(T::Timestamp), true);
+                field(d, "spanId", t.span_id.as_ref(), Some(T::String), false);
+                field(
+                    d,
+                    "parentSpanId",
+                    t.parent_span_id.as_ref(),
+                    Some(T::String),
+                    false,
+                );
+                field(
+                    d,
+                    "httpStatusCode",
+                    t.http_status_code.as_ref(),
+                    Some(T::Int64),
+                    false,
+                );
+                field(
+                    d,
+                    "clientSpan",
+                    t.client_span.as_ref(),
+                    Some(T::Bool),
+                    false,
+                );
+                check_all(d, &p.key("spanTags"), &t.span_tags);
+            }
+            Template::Kubernetes(k) => {
+                // attribute_bindings refer to the adapter's output ($out.*), not attributes.
+                field(
+                    d,
+                    "sourceUid",
+                    k.source_uid.as_ref(),
+                    Some(T::String),
+                    false,
+                );
+                field(
+                    d,
+                    "sourceIp",
+                    k.source_ip.as_ref(),
+                    Some(T::IpAddress),
+                    false,
+                );
+                field(
+                    d,
+                    "destinationUid",
+                    k.destination_uid.as_ref(),
+                    Some(T::String),
+                    false,
+                );
+                field(
+                    d,
+                    "destinationIp",
+                    k.destination_ip.as_ref(),
+                    Some(T::IpAddress),
+                    false,
+                );
+                field(
+                    d,
+                    "destinationPort",
+                    k.destination_port.as_ref(),
+                    Some(T::Int64),
+                    false,
+                );
+            }
+            Template::Authorization(a) => {
+                if let Some(s) = &a.subject {
+                    let sp = p.key("subject");
+                    for (name, v) in [("user", &s.user), ("groups", &s.groups)] {
+                        if let Some(v) = v {
+                            check_expression(d, &sp.key(name), v, Some(T::String));
+                        }
+                    }
+                    check_all(d, &sp.key("properties"), &s.properties);
+                }
+                if let Some(act) = &a.action {
+                    let ap = p.key("action");
+                    for (name, v) in [
+                        ("namespace", &act.namespace),
+                        ("service", &act.service),
+                        ("method", &act.method),
+                        ("path", &act.path),
+                    ] {
+                        if let Some(v) = v {
+                            check_expression(d, &ap.key(name), v, Some(T::String));
+                        }
+                    }
+                    check_all(d, &ap.key("properties"), &act.properties);
+                }
+            }
+            Template::CheckNothing | Template::ReportNothing => {}
         }
     }
 }
