@@ -996,23 +996,15 @@ pub fn cross_check(resources: &[Resource]) -> Vec<(usize, Diagnostic)> {
     out
 }
 
-/// Mixer's reference resolution: `a.b.c` as is; `a` as `a.KIND.ns`; `a.b` as `a.b.ns` (old
-/// style, b is the kind) or `a.KIND.b` (new style, b is the namespace).
 fn mixer_ref_found(
     reference: &str,
     generic: &str,
     ns: &str,
     names: &std::collections::HashSet<String>,
 ) -> bool {
-    let parts: Vec<&str> = reference.split('.').collect();
-    match parts.as_slice() {
-        [a] => names.contains(&format!("{a}.{generic}.{ns}")),
-        [a, b] => {
-            names.contains(&format!("{a}.{b}.{ns}"))
-                || names.contains(&format!("{a}.{generic}.{b}"))
-        }
-        _ => names.contains(reference),
-    }
+    crate::mixer::reference_candidates(reference, generic, ns)
+        .iter()
+        .any(|c| names.contains(c))
 }
 
 /// Protocol of a Kubernetes Service port, from its name (Istio 1.0's rule).

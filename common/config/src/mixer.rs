@@ -74,6 +74,19 @@ pub enum HeaderOperation {
     Append,
 }
 
+/// Mixer's reference resolution, as the full names (`name.kind.namespace`) a rule's handler or
+/// instance reference may mean, most likely first: `a.b.c` as is; `a` as `a.GENERIC.ns`; `a.b`
+/// as `a.b.ns` (1.0 style, b is the kind) or `a.GENERIC.b` (1.1 style, b is the namespace).
+/// `generic` is `handler` or `instance`; `ns` is the rule's namespace.
+pub fn reference_candidates(reference: &str, generic: &str, ns: &str) -> Vec<String> {
+    let parts: Vec<&str> = reference.split('.').collect();
+    match parts.as_slice() {
+        [a] => vec![format!("{a}.{generic}.{ns}")],
+        [a, b] => vec![format!("{a}.{b}.{ns}"), format!("{a}.{generic}.{b}")],
+        _ => vec![reference.to_owned()],
+    }
+}
+
 /// Checks an attribute expression against Istio's attribute vocabulary: syntax, attribute
 /// names and types. `want` is the type the field needs (`None`: any). An empty expression
 /// means the field is unset, as in Mixer; required fields are checked for that separately.

@@ -1,0 +1,4 @@
+//! Adapters: what handlers do with instances.
+
+pub mod prometheus;
+pub mod stdio;
