@@ -10,6 +10,7 @@
 pub mod adapter;
 pub mod instance;
 pub mod plan;
+pub mod report;
 
 pub use instance::{Instance, InstanceBody};
 pub use plan::{Dispatch, Plan};
