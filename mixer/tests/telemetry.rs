@@ -1,6 +1,8 @@
 //! The Mixer model end to end without I/O: config -> plan -> instances -> adapters, with the
 //! walkthrough's telemetry config and Istio's own 1.1 sample.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
