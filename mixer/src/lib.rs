@@ -9,8 +9,10 @@
 
 pub mod adapter;
 pub mod instance;
+pub mod metrics;
 pub mod plan;
 pub mod report;
+pub mod server;
 
 pub use instance::{Instance, InstanceBody};
 pub use plan::{Dispatch, Plan};

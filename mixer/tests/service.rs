@@ -1,0 +1,223 @@
+//! The mixer service, in process: config from a real galley, reports over gRPC ALS as a
+//! proxy sends them, metrics scraped over HTTP as Prometheus would.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::path::Path;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::{Address, Node, SocketAddress, address};
+use envoy_types::pb::envoy::data::accesslog::v3::{
+    AccessLogCommon, HttpAccessLogEntry, HttpRequestProperties, HttpResponseProperties,
+};
+use envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage;
+use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_client::AccessLogServiceClient;
+use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::{
+    HttpAccessLogEntries, Identifier, LogEntries,
+};
+use envoy_types::pb::google::protobuf::UInt32Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+fn addr(ip: &str) -> Option<Address> {
+    Some(Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.to_owned(),
+            ..Default::default()
+        })),
+    })
+}
+
+fn entry(size: u64) -> HttpAccessLogEntry {
+    HttpAccessLogEntry {
+        common_properties: Some(AccessLogCommon {
+            downstream_remote_address: addr("10.0.0.2"),
+            upstream_cluster: "inbound|9080||details.default.svc.cluster.local".to_owned(),
+            ..Default::default()
+        }),
+        request: Some(HttpRequestProperties {
+            path: "/details/0".to_owned(),
+            ..Default::default()
+        }),
+        response: Some(HttpResponseProperties {
+            response_code: Some(UInt32Value { value: 200 }),
+            response_body_bytes: size,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn sum_of(text: &str, metric: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_from_a_proxy_reach_prometheus_through_galley_config() {
+    let dir = std::env::temp_dir().join(format!("keel-mixer-service-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let galley = keel_galley::start(&keel_galley::Args {
+        config_dir: dir.join("config"),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        default_namespace: "default".into(),
+        rescan_ms: 100,
+        log_format: "text".into(),
+    })
+    .await
+    .unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut texts = vec![(
+        "bookinfo.yaml".to_owned(),
+        std::fs::read_to_string(root.join("samples/bookinfo/platform/kube/bookinfo.yaml")).unwrap(),
+    )];
+    texts.push((
+        "pods.yaml".to_owned(),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: details-v1-5d8f7c9b4-a, namespace: default, labels: {app: details, version: v1, pod-template-hash: 5d8f7c9b4}}\nspec:\n  containers: [{name: d, image: x}]\nstatus: {phase: Running, podIP: 10.0.0.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: productpage-v1-5d8f7c9b4-b, namespace: default, labels: {app: productpage, version: v1, pod-template-hash: 5d8f7c9b4}}\nspec:\n  containers: [{name: p, image: x}]\nstatus: {phase: Running, podIP: 10.0.0.2}\n".to_owned(),
+    ));
+    for (name, text) in &texts {
+        galley
+            .state
+            .galley
+            .apply(
+                &[keel_galley::core::Source {
+                    name: name.clone(),
+                    text: text.clone(),
+                }],
+                "default",
+                false,
+            )
+            .unwrap();
+    }
+    let mixer = keel_mixer::server::start(&keel_mixer::server::Args {
+        galley: format!("http://{}", galley.grpc_addr),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        prometheus_addr: "127.0.0.1:0".parse().unwrap(),
+        monitoring_addr: "127.0.0.1:0".parse().unwrap(),
+        config_namespace: "istio-system".into(),
+        queue: 1000,
+        log_format: "text".into(),
+    })
+    .await
+    .unwrap();
+    // Ready once galley's snapshot is in.
+    let mut ready = false;
+    for _ in 0..100 {
+        if get(mixer.monitoring_addr, "/ready").await.starts_with("ok") {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "mixer never became ready");
+
+    // The telemetry config arrives after mixer started: no restart needed.
+    let telemetry =
+        std::fs::read_to_string(root.join("samples/bookinfo/telemetry/new_telemetry.yaml"))
+            .unwrap();
+    galley
+        .state
+        .galley
+        .apply(
+            &[keel_galley::core::Source {
+                name: "new_telemetry.yaml".into(),
+                text: telemetry,
+            }],
+            "istio-system",
+            false,
+        )
+        .unwrap();
+    let mut rules = String::new();
+    for _ in 0..100 {
+        rules = get(mixer.monitoring_addr, "/debug/configz").await;
+        if rules.contains("\"rules\": 2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rules.contains("\"rules\": 2"), "{rules}");
+    assert!(rules.contains("\"problems\": []"), "{rules}");
+
+    // A proxy's stream: the identifier first, then batches.
+    let mut client = AccessLogServiceClient::connect(format!("http://{}", mixer.grpc_addr))
+        .await
+        .unwrap();
+    let n = 25u64;
+    let mut messages = vec![StreamAccessLogsMessage {
+        identifier: Some(Identifier {
+            node: Some(Node {
+                id: "sidecar~10.0.0.1~details-v1-5d8f7c9b4-a.default~default.svc.cluster.local"
+                    .into(),
+                ..Default::default()
+            }),
+            log_name: "inbound".into(),
+        }),
+        log_entries: None,
+    }];
+    for batch in 0..5 {
+        messages.push(StreamAccessLogsMessage {
+            identifier: None,
+            log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
+                log_entry: (0..n / 5).map(|i| entry(170 + batch + i)).collect(),
+            })),
+        });
+    }
+    client
+        .stream_access_logs(tokio_stream::iter(messages))
+        .await
+        .unwrap();
+
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = get(mixer.prometheus_addr, "/metrics").await;
+        if sum_of(&text, "istio_double_request_count") >= 2.0 * n as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        sum_of(&text, "istio_double_request_count"),
+        2.0 * n as f64,
+        "{text}"
+    );
+    assert!(
+        text.contains("source=\"productpage.default.svc.cluster.local\",destination=\"details.default.svc.cluster.local\",message=\"twice the fun!\""),
+        "{text}"
+    );
+    let own = get(mixer.monitoring_addr, "/metrics").await;
+    assert!(
+        own.contains("mixer_reports_total{protocol=\"http\"} 25"),
+        "{own}"
+    );
+    assert!(own.contains("mixer_reports_dropped_total 0"), "{own}");
+
+    // A stream that does not say who it is is refused, not guessed at.
+    let anonymous = vec![StreamAccessLogsMessage {
+        identifier: None,
+        log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
+            log_entry: vec![entry(1)],
+        })),
+    }];
+    let err = client
+        .stream_access_logs(tokio_stream::iter(anonymous))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+
+    mixer.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
