@@ -46,6 +46,25 @@ pub struct Args {
     pub debounce_ms: u64,
     #[arg(long, default_value = "text")]
     pub log_format: String,
+    /// Mixer's report service, `HOST:PORT` (e.g. 127.0.0.1:9091): proxies send it their
+    /// access logs for telemetry. Unset: no reports.
+    #[arg(long, value_parser = parse_host_port)]
+    pub mixer_telemetry: Option<(String, u16)>,
+}
+
+/// `HOST:PORT`, with a reason when it is not.
+pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("\"{s}\" is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("\"{port}\" in \"{s}\" is not a port number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(format!("\"{s}\" needs a host and a non-zero port"));
+    }
+    Ok((host.to_owned(), port))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +225,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
     );
     config.consistent = true;
     let (mut galley, galley_task) = client::spawn(config, client::AcceptAll);
+    let telemetry = args.mixer_telemetry.clone();
     let (mesh_tx, mesh_rx) = watch::channel(Arc::new(Mesh::default()));
     let (ready_tx, ready_rx) = watch::channel(false);
     let follow = tokio::spawn(async move {
@@ -218,7 +238,9 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
                     resources = config.resources.len(),
                     "configuration from galley"
                 );
-                mesh_tx.send_replace(Arc::new(Mesh::new(config)));
+                mesh_tx.send_replace(Arc::new(
+                    Mesh::new(config).with_telemetry(telemetry.clone()),
+                ));
                 ready_tx.send_replace(true);
             }
             if galley.changed().await.is_err() {

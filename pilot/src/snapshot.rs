@@ -31,12 +31,24 @@ pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteCon
 pub struct Mesh {
     pub config: Snapshot,
     pub registry: Registry,
+    /// Mixer's report service (`host`, `port`): when set, every proxy sends access logs there.
+    pub telemetry: Option<(String, u16)>,
 }
 
 impl Mesh {
     pub fn new(config: Snapshot) -> Mesh {
         let registry = Registry::from_config(&config);
-        Mesh { config, registry }
+        Mesh {
+            config,
+            registry,
+            telemetry: None,
+        }
+    }
+
+    /// Turns on telemetry reports to mixer at `host:port`.
+    pub fn with_telemetry(mut self, telemetry: Option<(String, u16)>) -> Mesh {
+        self.telemetry = telemetry;
+        self
     }
 
     fn destination_rules(&self) -> HashMap<String, &DestinationRule> {
@@ -99,9 +111,18 @@ pub fn proxy_snapshot(mesh: &Mesh, proxy: &Proxy) -> XdsSnapshot {
     let vss = mesh.virtual_services();
     let gateways = mesh.gateways();
 
-    let clusters: Vec<Cluster> = cds::clusters(reg, &rules, proxy);
+    let mut clusters: Vec<Cluster> = cds::clusters(reg, &rules, proxy);
+    let logs = match &mesh.telemetry {
+        Some((host, port)) => {
+            clusters.push(cds::telemetry_cluster(host, *port));
+            lds::AccessLogs {
+                cluster: Some(cds::TELEMETRY_CLUSTER),
+            }
+        }
+        None => lds::AccessLogs::NONE,
+    };
     let endpoints: Vec<ClusterLoadAssignment> = eds::assignments(reg, &rules);
-    let listeners: Vec<Listener> = lds::listeners(reg, &gateways, proxy, labels);
+    let listeners: Vec<Listener> = lds::listeners(reg, &gateways, proxy, labels, logs);
     let routes: Vec<RouteConfiguration> = match proxy.kind {
         ProxyKind::Sidecar => lds::sidecar_http_ports(reg)
             .into_iter()

@@ -154,6 +154,94 @@ fn get(
     Ok((status, body, t.elapsed()))
 }
 
+/// The keel-mixer binary, run as a user would run it.
+struct Mixer {
+    child: std::process::Child,
+    grpc_port: u16,
+    prometheus_port: u16,
+    monitoring_port: u16,
+    stdout: std::path::PathBuf,
+}
+
+impl Mixer {
+    fn start(galley: &str, dir: &Path) -> Mixer {
+        let bin = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .join("keel-mixer");
+        assert!(
+            bin.exists(),
+            "{} is missing: build the binaries first (`cargo build --workspace --bins`; `cargo xtask test` does)",
+            bin.display()
+        );
+        let (grpc_port, prometheus_port, monitoring_port) = (
+            free_port("127.0.0.1"),
+            free_port("127.0.0.1"),
+            free_port("127.0.0.1"),
+        );
+        let stdout = dir.join("mixer.stdout");
+        let child = Command::new(bin)
+            .args([
+                "--galley",
+                galley,
+                "--grpc-addr",
+                &format!("127.0.0.1:{grpc_port}"),
+                "--prometheus-addr",
+                &format!("127.0.0.1:{prometheus_port}"),
+                "--monitoring-addr",
+                &format!("127.0.0.1:{monitoring_port}"),
+            ])
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(dir.join("mixer.stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        let m = Mixer {
+            child,
+            grpc_port,
+            prometheus_port,
+            monitoring_port,
+            stdout,
+        };
+        eventually("mixer to be ready", Duration::from_secs(10), || {
+            get(m.monitoring_port, "/ready", &[])
+                .ok()
+                .filter(|(s, _, _)| *s == 200)
+        });
+        m
+    }
+
+    fn scrape(&self) -> String {
+        get(self.prometheus_port, "/metrics", &[]).unwrap().1
+    }
+
+    fn double_count(&self) -> f64 {
+        self.scrape()
+            .lines()
+            .filter(|l| l.starts_with("istio_double_request_count{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The stdio adapter's lines for the walkthrough's log entry.
+    fn log_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.stdout)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"instance\":\"newlog.logentry.istio-system\""))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Mixer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
@@ -326,6 +414,8 @@ fn envoy_acks_everything_and_routes_as_configured() {
             .unwrap();
     };
     apply(&mesh_config(port, gateway_port));
+    // Mixer (the real binary) gets the gateway's access logs; its stdout is the stdio adapter.
+    let mixer = Mixer::start(&format!("http://{}", galley.grpc_addr), &dir);
     let pilot = rt
         .block_on(keel_pilot::server::start(&keel_pilot::server::Args {
             galley: format!("http://{}", galley.grpc_addr),
@@ -333,6 +423,7 @@ fn envoy_acks_everything_and_routes_as_configured() {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             debounce_ms: 50,
             log_format: "text".into(),
+            mixer_telemetry: Some(("127.0.0.1".into(), mixer.grpc_port)),
         }))
         .unwrap();
 
@@ -481,6 +572,75 @@ fn envoy_acks_everything_and_routes_as_configured() {
         .unwrap();
         assert_eq!(version_of(&body), "v1", "{body}");
     }
+
+    // Telemetry: the walkthrough's new_telemetry.yaml, then exactly K requests. Every one
+    // is reported by the gateway over gRPC ALS: the double count grows by 2K and mixer
+    // prints one newlog line per request.
+    let telemetry = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../samples/bookinfo/telemetry/new_telemetry.yaml"),
+    )
+    .unwrap();
+    galley
+        .state
+        .galley
+        .apply(
+            &[keel_galley::core::Source {
+                name: "new_telemetry.yaml".into(),
+                text: telemetry,
+            }],
+            "istio-system",
+            false,
+        )
+        .unwrap();
+    eventually(
+        "mixer to take the telemetry rules",
+        Duration::from_secs(10),
+        || {
+            let configz = get(mixer.monitoring_port, "/debug/configz", &[]).ok()?.1;
+            configz.contains("\"rules\": 2").then_some(())
+        },
+    );
+    // Earlier requests' reports may still sit in Envoy's one-second buffer: wait until the
+    // count holds still before taking the baseline.
+    let before = eventually("earlier reports to drain", Duration::from_secs(10), || {
+        let a = mixer.double_count();
+        std::thread::sleep(Duration::from_millis(1300));
+        (mixer.double_count() == a).then_some(a)
+    });
+    let lines_before = mixer.log_lines();
+    let k = 15;
+    for _ in 0..k {
+        let (status, _, _) = get(gateway_port, "/reviews/0", &host).unwrap();
+        assert_eq!(status, 200);
+    }
+    eventually("the reports to be counted", Duration::from_secs(10), || {
+        (mixer.double_count() - before >= 2.0 * f64::from(k)).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1500)); // one more flush: nothing extra arrives
+    assert_eq!(mixer.double_count() - before, 2.0 * f64::from(k));
+    let lines: Vec<String> = eventually("the log lines", Duration::from_secs(5), || {
+        let l = mixer.log_lines();
+        (l.len() >= lines_before.len() + k as usize).then_some(l)
+    });
+    let new_lines = &lines[lines_before.len()..];
+    assert_eq!(new_lines.len(), k as usize, "{new_lines:#?}");
+    for line in new_lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["level"], "warn", "{line}");
+        assert_eq!(v["destination"], "reviews", "{line}");
+        assert_eq!(v["responseCode"], 200, "{line}");
+        assert_eq!(v["user"], "unknown", "{line}");
+        assert!(v["latency"].as_str().unwrap().ends_with('s'), "{line}");
+        assert!(v["responseSize"].as_i64().unwrap() > 0, "{line}");
+    }
+    let scrape = mixer.scrape();
+    assert!(
+        scrape.contains(
+            "destination=\"reviews.default.svc.cluster.local\",message=\"twice the fun!\""
+        ),
+        "{scrape}"
+    );
 
     // A change in galley reaches Envoy within a second: a 50/50 split of v1 and v3.
     apply(&reviews_vs(
@@ -757,6 +917,7 @@ fn envoy_accepts_the_bookinfo_config_and_every_sample_as_sidecar_and_gateway() {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             debounce_ms: 20,
             log_format: "text".into(),
+            mixer_telemetry: None,
         }))
         .unwrap();
     // The sidecar speaks incremental (delta) xDS, the gateway state of the world.

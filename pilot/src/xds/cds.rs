@@ -333,6 +333,41 @@ fn inline_endpoints(
     }
 }
 
+/// The cluster of mixer's report service (gRPC ALS), when telemetry is on.
+pub const TELEMETRY_CLUSTER: &str = "mixer_telemetry";
+
+/// Mixer's report service at `host:port`: a static address or a DNS name, spoken to over
+/// HTTP/2 (gRPC).
+pub fn telemetry_cluster(host: &str, port: u16) -> Cluster {
+    let discovery = if host.parse::<std::net::IpAddr>().is_ok() {
+        DiscoveryType::Static
+    } else {
+        DiscoveryType::StrictDns
+    };
+    let mut c = Cluster {
+        name: TELEMETRY_CLUSTER.to_owned(),
+        connect_timeout: Some(PbDuration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery as i32)),
+        load_assignment: Some(eds::local_at(TELEMETRY_CLUSTER, host, port)),
+        ..Default::default()
+    };
+    let opts = UpstreamHttpOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            },
+        )),
+        ..Default::default()
+    };
+    set_upstream_options(&mut c, &opts);
+    c
+}
+
 /// Every cluster `proxy` needs.
 pub fn clusters(
     reg: &dyn ServiceRegistry,

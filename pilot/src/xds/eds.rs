@@ -55,8 +55,13 @@ pub fn assignment(
 
 /// The workload itself, for inbound clusters.
 pub fn local(cluster: &str, port: u16) -> ClusterLoadAssignment {
+    local_at(cluster, "127.0.0.1", port)
+}
+
+/// One fixed address (or DNS name, for STRICT_DNS clusters).
+pub fn local_at(cluster: &str, address: &str, port: u16) -> ClusterLoadAssignment {
     let ep = Endpoint {
-        address: "127.0.0.1".to_owned(),
+        address: address.to_owned(),
         port,
         labels: BTreeMap::new(),
         service_account: String::new(),

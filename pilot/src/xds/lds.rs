@@ -35,10 +35,21 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use envoy_types::pb::google::protobuf::BoolValue;
 use keel_config::networking::{Gateway, Protocol, parse_protocol};
 
-use super::any;
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
+use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType as AccessLogConfig;
+use envoy_types::pb::envoy::config::core::v3::GrpcService;
+use envoy_types::pb::envoy::config::core::v3::grpc_service::{
+    EnvoyGrpc, TargetSpecifier as GrpcTarget,
+};
+use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
+    CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
+};
+use envoy_types::pb::google::protobuf::UInt32Value;
+
 use super::cds::{PASSTHROUGH, inbound_name, outbound_name};
 use super::eds::socket;
 use super::rds::{CORS_FILTER, FAULT_FILTER};
+use super::{any, pb_duration};
 use crate::proxy::{Proxy, ProxyKind};
 use crate::registry::ServiceRegistry;
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
@@ -66,8 +77,83 @@ fn http_filters() -> Vec<HttpFilter> {
     ]
 }
 
-fn hcm(stat_prefix: &str, routes: RouteSpecifier, edge: bool) -> Filter {
+/// The access log name of the server side's reports (mixer's `context.reporter.kind`).
+const INBOUND: &str = "inbound";
+/// Client sidecars and gateways report as the source.
+const OUTBOUND: &str = "outbound";
+
+/// Where proxies send access logs (gRPC ALS, to mixer), if telemetry is on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AccessLogs<'a> {
+    /// The cluster of mixer's report service.
+    pub cluster: Option<&'a str>,
+}
+
+impl AccessLogs<'_> {
+    pub const NONE: AccessLogs<'static> = AccessLogs { cluster: None };
+
+    fn common(&self, reporter: &str) -> Option<CommonGrpcAccessLogConfig> {
+        let cluster = self.cluster?;
+        Some(CommonGrpcAccessLogConfig {
+            log_name: reporter.to_owned(),
+            grpc_service: Some(GrpcService {
+                target_specifier: Some(GrpcTarget::EnvoyGrpc(EnvoyGrpc {
+                    cluster_name: cluster.to_owned(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }),
+            transport_api_version: ApiVersion::V3 as i32,
+            // Reports are batched: a second or 16 KiB, whichever comes first.
+            buffer_flush_interval: Some(pb_duration(std::time::Duration::from_secs(1))),
+            buffer_size_bytes: Some(UInt32Value { value: 16 * 1024 }),
+            ..Default::default()
+        })
+    }
+
+    fn http(&self, reporter: &str) -> Vec<AccessLog> {
+        self.common(reporter)
+            .map(|common_config| {
+                vec![AccessLog {
+                    name: "envoy.access_loggers.http_grpc".into(),
+                    config_type: Some(AccessLogConfig::TypedConfig(any(
+                        &HttpGrpcAccessLogConfig {
+                            common_config: Some(common_config),
+                            // For request.auth.principal in rules (the walkthrough logs in as a user).
+                            additional_request_headers_to_log: vec!["end-user".into()],
+                            ..Default::default()
+                        },
+                    ))),
+                    ..Default::default()
+                }]
+            })
+            .unwrap_or_default()
+    }
+
+    fn tcp(&self, reporter: &str) -> Vec<AccessLog> {
+        self.common(reporter)
+            .map(|common_config| {
+                vec![AccessLog {
+                    name: "envoy.access_loggers.tcp_grpc".into(),
+                    config_type: Some(AccessLogConfig::TypedConfig(any(&TcpGrpcAccessLogConfig {
+                        common_config: Some(common_config),
+                    }))),
+                    ..Default::default()
+                }]
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn hcm(
+    stat_prefix: &str,
+    routes: RouteSpecifier,
+    edge: bool,
+    logs: AccessLogs<'_>,
+    reporter: &str,
+) -> Filter {
     let m = HttpConnectionManager {
+        access_log: logs.http(reporter),
         codec_type: CodecType::Auto as i32,
         stat_prefix: stat_prefix.to_owned(),
         route_specifier: Some(routes),
@@ -92,8 +178,9 @@ fn rds(name: &str) -> RouteSpecifier {
     })
 }
 
-fn tcp(stat_prefix: &str, cluster: &str) -> Filter {
+fn tcp(stat_prefix: &str, cluster: &str, logs: AccessLogs<'_>, reporter: &str) -> Filter {
     let p = TcpProxy {
+        access_log: logs.tcp(reporter),
         stat_prefix: stat_prefix.to_owned(),
         cluster_specifier: Some(TcpCluster::Cluster(cluster.to_owned())),
         ..Default::default()
@@ -123,7 +210,7 @@ fn capture(name: &str, port: u16) -> Listener {
         address: Some(socket("0.0.0.0", port)),
         use_original_dst: Some(BoolValue { value: true }),
         filter_chains: vec![FilterChain {
-            filters: vec![tcp(PASSTHROUGH, PASSTHROUGH)],
+            filters: vec![tcp(PASSTHROUGH, PASSTHROUGH, AccessLogs::NONE, "")],
             ..Default::default()
         }],
         ..Default::default()
@@ -164,7 +251,11 @@ pub fn sidecar_http_ports(reg: &dyn ServiceRegistry) -> BTreeSet<u16> {
         .collect()
 }
 
-pub fn sidecar_listeners(reg: &dyn ServiceRegistry, proxy: &Proxy) -> Vec<Listener> {
+pub fn sidecar_listeners(
+    reg: &dyn ServiceRegistry,
+    proxy: &Proxy,
+    logs: AccessLogs<'_>,
+) -> Vec<Listener> {
     let mut out = vec![
         capture("virtualOutbound", OUTBOUND_PORT),
         capture("virtualInbound", INBOUND_PORT),
@@ -180,6 +271,8 @@ pub fn sidecar_listeners(reg: &dyn ServiceRegistry, proxy: &Proxy) -> Vec<Listen
                 &format!("outbound_{port}"),
                 rds(&port.to_string()),
                 false,
+                logs,
+                OUTBOUND,
             )],
         ));
     }
@@ -194,6 +287,8 @@ pub fn sidecar_listeners(reg: &dyn ServiceRegistry, proxy: &Proxy) -> Vec<Listen
                     vec![tcp(
                         &format!("outbound|{}||{}", p.port, svc.hostname),
                         &outbound_name(p.port, "", &svc.hostname),
+                        logs,
+                        OUTBOUND,
                     )],
                 ));
             }
@@ -210,9 +305,11 @@ pub fn sidecar_listeners(reg: &dyn ServiceRegistry, proxy: &Proxy) -> Vec<Listen
                 &cluster,
                 RouteSpecifier::RouteConfig(inbound_routes(&cluster)),
                 false,
+                logs,
+                INBOUND,
             )
         } else {
-            tcp(&cluster, &cluster)
+            tcp(&cluster, &cluster, logs, INBOUND)
         };
         out.push(listener(
             format!("{}_{port}", proxy.ip),
@@ -237,7 +334,7 @@ pub fn gateways_for<'a>(
 }
 
 /// A router's listeners: one bound listener per gateway server port.
-pub fn gateway_listeners(gateways: &[&(String, &Gateway)]) -> Vec<Listener> {
+pub fn gateway_listeners(gateways: &[&(String, &Gateway)], logs: AccessLogs<'_>) -> Vec<Listener> {
     let mut ports: BTreeMap<u16, Protocol> = BTreeMap::new();
     for (_, g) in gateways {
         for s in &g.servers {
@@ -261,6 +358,8 @@ pub fn gateway_listeners(gateways: &[&(String, &Gateway)]) -> Vec<Listener> {
                     &format!("http.{port}"),
                     rds(&format!("http.{port}")),
                     true,
+                    logs,
+                    OUTBOUND,
                 )],
             )
         })
@@ -273,9 +372,10 @@ pub fn listeners(
     gateways: &[(String, &Gateway)],
     proxy: &Proxy,
     labels: &BTreeMap<String, String>,
+    logs: AccessLogs<'_>,
 ) -> Vec<Listener> {
     match proxy.kind {
-        ProxyKind::Sidecar => sidecar_listeners(reg, proxy),
-        ProxyKind::Router => gateway_listeners(&gateways_for(gateways, labels)),
+        ProxyKind::Sidecar => sidecar_listeners(reg, proxy, logs),
+        ProxyKind::Router => gateway_listeners(&gateways_for(gateways, labels), logs),
     }
 }
