@@ -416,3 +416,71 @@ fn a_new_pod_changes_only_the_endpoints() {
     );
     assert_eq!(cla.endpoints[0].lb_endpoints.len(), 2);
 }
+
+/// The access log config of a listener's first filter (HTTP connection manager).
+fn access_log_names(l: &Listener) -> Vec<(String, String)> {
+    use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::HttpGrpcAccessLogConfig;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    let Some(ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type else {
+        panic!("no typed config");
+    };
+    let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    hcm.access_log
+        .iter()
+        .map(|log| {
+            let Some(
+                envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType::TypedConfig(
+                    a,
+                ),
+            ) = &log.config_type
+            else {
+                panic!("no access log config");
+            };
+            let c = HttpGrpcAccessLogConfig::decode(a.value.as_slice()).unwrap();
+            let common = c.common_config.unwrap();
+            let cluster = match common.grpc_service.unwrap().target_specifier.unwrap() {
+                TargetSpecifier::EnvoyGrpc(g) => g.cluster_name,
+                other => panic!("{other:?}"),
+            };
+            (common.log_name, cluster)
+        })
+        .collect()
+}
+
+#[test]
+fn telemetry_sends_access_logs_to_mixer_named_by_reporter() {
+    let plain = bookinfo(&[]);
+    let snap = proxy_snapshot(&plain, &sidecar());
+    assert!(access_log_names(&decode(&snap, LISTENER_TYPE, "0.0.0.0_9080")).is_empty());
+    assert!(
+        !snap.types[CLUSTER_TYPE]
+            .resources
+            .contains_key("mixer_telemetry")
+    );
+
+    let mesh = bookinfo(&[]).with_telemetry(Some(("istio-telemetry.istio-system".into(), 9091)));
+    let snap = proxy_snapshot(&mesh, &sidecar());
+    let c: Cluster = decode(&snap, CLUSTER_TYPE, "mixer_telemetry");
+    let cla = c.load_assignment.unwrap();
+    assert_eq!(cla.endpoints[0].lb_endpoints.len(), 1);
+    assert!(
+        !c.typed_extension_protocol_options.is_empty(),
+        "gRPC needs HTTP/2 upstream options"
+    );
+    assert_eq!(
+        access_log_names(&decode(&snap, LISTENER_TYPE, "0.0.0.0_9080")),
+        [("outbound".to_owned(), "mixer_telemetry".to_owned())]
+    );
+    assert_eq!(
+        access_log_names(&decode(&snap, LISTENER_TYPE, "10.0.0.3_9080")),
+        [("inbound".to_owned(), "mixer_telemetry".to_owned())]
+    );
+    assert!(keel_pilot::server::parse_host_port("nope").is_err());
+    assert!(keel_pilot::server::parse_host_port("mixer:0").is_err());
+    assert_eq!(
+        keel_pilot::server::parse_host_port("127.0.0.1:9091"),
+        Ok(("127.0.0.1".to_owned(), 9091))
+    );
+}
