@@ -27,7 +27,7 @@ use keel_pilot::registry::Registry;
 use keel_xds::client::{self, ClientConfig};
 use tokio::sync::{mpsc, watch};
 
-use crate::adapter::{prometheus::Exporter, stdio};
+use crate::adapter::{fluentd, prometheus::Exporter, stdio};
 use crate::metrics::{HandlerLabels, Metrics, ProtocolLabels};
 use crate::plan::Plan;
 use crate::report::{Attributes, Reporter, http_attributes, tcp_attributes};
@@ -95,6 +95,8 @@ pub struct Shared {
     plan: RwLock<Arc<Plan>>,
     registry: RwLock<Arc<Registry>>,
     exporter: Mutex<Exporter>,
+    /// Running fluentd handlers by full name.
+    fluentd: Mutex<std::collections::HashMap<String, fluentd::Sink>>,
     pub metrics: Metrics,
 }
 
@@ -123,8 +125,25 @@ impl Shared {
         if let Ok(mut e) = self.exporter.lock() {
             problems.extend(e.configure(&plan.handlers));
         }
+        if let Ok(mut sinks) = self.fluentd.lock() {
+            let mut keep = std::collections::HashMap::new();
+            for h in &plan.handlers {
+                if let Adapter::Fluentd(params) = &h.adapter {
+                    let sink = match sinks.remove(&*h.name) {
+                        Some(s) if s.params == *params => s,
+                        _ => fluentd::Sink::start(params.clone()),
+                    };
+                    keep.insert(h.name.to_string(), sink);
+                }
+            }
+            // Sinks of removed or changed handlers stop here (their tasks are aborted).
+            *sinks = keep;
+        }
         for h in &plan.handlers {
-            if !matches!(h.adapter, Adapter::Prometheus(_) | Adapter::Stdio(_)) {
+            if !matches!(
+                h.adapter,
+                Adapter::Prometheus(_) | Adapter::Stdio(_) | Adapter::Fluentd(_)
+            ) {
                 problems.push(crate::plan::Problem {
                     resource: h.name.to_string(),
                     message: format!(
@@ -188,6 +207,26 @@ impl Shared {
                     for i in &d.instances {
                         if let Some(line) = stdio::format(params, i)
                             && lines.try_send((line.stream, line.text)).is_err()
+                        {
+                            self.metrics
+                                .adapter_dropped
+                                .get_or_create(&HandlerLabels {
+                                    handler: handler.name.to_string(),
+                                })
+                                .inc();
+                        }
+                    }
+                }
+                Adapter::Fluentd(params) => {
+                    let Ok(sinks) = self.fluentd.lock() else {
+                        continue;
+                    };
+                    let Some(sink) = sinks.get(&*handler.name) else {
+                        continue;
+                    };
+                    for i in &d.instances {
+                        if let Some(e) = fluentd::entry(params, i)
+                            && !sink.offer(e)
                         {
                             self.metrics
                                 .adapter_dropped
@@ -321,6 +360,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         plan: RwLock::new(Arc::new(Plan::default())),
         registry: RwLock::new(Arc::new(Registry::default())),
         exporter: Mutex::new(Exporter::new()),
+        fluentd: Mutex::new(std::collections::HashMap::new()),
         metrics: Metrics::new(),
     });
 

@@ -1,4 +1,5 @@
 //! Adapters: what handlers do with instances.
 
+pub mod fluentd;
 pub mod prometheus;
 pub mod stdio;

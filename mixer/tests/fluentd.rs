@@ -1,0 +1,231 @@
+//! The fluentd adapter against a forward-protocol receiver (decoding with rmpv, acking
+//! chunks as fluentd's in_forward does): every entry arrives, in order, across a receiver
+//! restart; past the buffer, drops are counted, not hidden.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use keel_attributes::Value;
+use keel_config::mixer::FluentdParams;
+use keel_mixer::adapter::fluentd::{Sink, entry};
+use keel_mixer::{Instance, InstanceBody};
+use rmpv::Value as Mp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the receiver got: (tag, record) in arrival order.
+type Received = Arc<Mutex<Vec<(String, BTreeMap<String, Mp>)>>>;
+
+/// A forward-protocol receiver on `port` (Message, Forward and PackedForward modes; acks
+/// chunks). Aborting the returned task closes the listener and every connection.
+async fn receiver(port: u16, got: Received) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let got = got.clone();
+            conns.spawn(async move {
+                let mut buf: Vec<u8> = Vec::new();
+                let mut tmp = [0u8; 4096];
+                loop {
+                    let n = match s.read(&mut tmp).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&tmp[..n]);
+                    loop {
+                        let mut cur = std::io::Cursor::new(buf.as_slice());
+                        let Ok(msg) = rmpv::decode::read_value(&mut cur) else {
+                            break;
+                        };
+                        let used = usize::try_from(cur.position()).unwrap();
+                        buf.drain(..used);
+                        let arr = msg
+                            .as_array()
+                            .expect("a forward message is an array")
+                            .clone();
+                        let tag = arr[0].as_str().unwrap().to_owned();
+                        let mut records = Vec::new();
+                        let options = match &arr[1] {
+                            Mp::Array(entries) => {
+                                for e in entries {
+                                    records.push(e.as_array().unwrap()[1].clone());
+                                }
+                                arr.get(2).cloned()
+                            }
+                            Mp::Binary(_) | Mp::String(_) => {
+                                let bytes: Vec<u8> = match &arr[1] {
+                                    Mp::Binary(b) => b.clone(),
+                                    Mp::String(s) => s.as_bytes().to_vec(),
+                                    _ => unreachable!(),
+                                };
+                                let mut c = std::io::Cursor::new(bytes.as_slice());
+                                while (c.position() as usize) < bytes.len() {
+                                    let e = rmpv::decode::read_value(&mut c).unwrap();
+                                    records.push(e.as_array().unwrap()[1].clone());
+                                }
+                                arr.get(2).cloned()
+                            }
+                            _ => {
+                                records.push(arr[2].clone());
+                                arr.get(3).cloned()
+                            }
+                        };
+                        {
+                            let mut g = got.lock().unwrap();
+                            for r in records {
+                                let map = r
+                                    .as_map()
+                                    .unwrap()
+                                    .iter()
+                                    .map(|(k, v)| (k.as_str().unwrap().to_owned(), v.clone()))
+                                    .collect();
+                                g.push((tag.clone(), map));
+                            }
+                        }
+                        if let Some(chunk) = options.as_ref().and_then(|o| {
+                            o.as_map()?
+                                .iter()
+                                .find(|(k, _)| k.as_str() == Some("chunk"))
+                                .map(|(_, v)| v.clone())
+                        }) {
+                            let mut out = Vec::new();
+                            rmpv::encode::write_value(
+                                &mut out,
+                                &Mp::Map(vec![(Mp::from("ack"), chunk)]),
+                            )
+                            .unwrap();
+                            if s.write_all(&out).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn log(seq: i64) -> Instance {
+    Instance {
+        name: "newlog.logentry.istio-system".into(),
+        body: InstanceBody::LogEntry {
+            variables: BTreeMap::from([
+                ("seq".to_owned(), Value::Int64(seq)),
+                ("source".to_owned(), Value::String("productpage".into())),
+                ("responseSize".to_owned(), Value::Int64(178)),
+                (
+                    "latency".to_owned(),
+                    Value::Duration(Duration::from_nanos(2_245_269)),
+                ),
+            ]),
+            timestamp: UNIX_EPOCH + Duration::from_secs(1_543_222_846),
+            severity: "info".into(),
+        },
+    }
+}
+
+async fn wait_for(got: &Received, n: usize) {
+    let start = Instant::now();
+    while got.lock().unwrap().len() < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "only {} of {n} arrived",
+            got.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn seqs(got: &Received) -> Vec<i64> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .map(|(_, r)| r["seq"].as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_entry_arrives_in_order_across_a_receiver_restart() {
+    let port = free_port();
+    let got: Received = Arc::default();
+    let rx = receiver(port, got.clone()).await;
+    let params = FluentdParams {
+        address: Some(format!("127.0.0.1:{port}")),
+        instance_buffer_size: Some(100),
+        ..Default::default()
+    };
+    let sink = Sink::start(params.clone());
+    for i in 0..50 {
+        assert!(sink.offer(entry(&params, &log(i)).unwrap()));
+    }
+    wait_for(&got, 50).await;
+    {
+        let g = got.lock().unwrap();
+        let (tag, r) = &g[0];
+        assert_eq!(tag, "newlog.logentry.istio-system");
+        assert_eq!(r["source"].as_str(), Some("productpage"));
+        assert_eq!(r["responseSize"].as_i64(), Some(178));
+        assert_eq!(r["latency"].as_str(), Some("2.245269ms"));
+        assert_eq!(r["severity"].as_str(), Some("info"));
+    }
+
+    // The receiver goes away; entries wait in the buffer and arrive once it is back.
+    rx.abort();
+    let _ = rx.await;
+    for i in 50..80 {
+        assert!(sink.offer(entry(&params, &log(i)).unwrap()));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _rx = receiver(port, got.clone()).await;
+    wait_for(&got, 80).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut s = seqs(&got);
+    s.dedup();
+    assert_eq!(s, (0..80).collect::<Vec<_>>(), "every entry once, in order");
+    assert_eq!(sink.dropped.load(Ordering::Relaxed), 0);
+    assert_eq!(sink.delivered.load(Ordering::Relaxed), 80);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_buffer_entries_are_dropped_and_counted() {
+    let port = free_port();
+    let params = FluentdParams {
+        address: Some(format!("127.0.0.1:{port}")),
+        instance_buffer_size: Some(10),
+        integer_duration: Some(true),
+        ..Default::default()
+    };
+    let sink = Sink::start(params.clone());
+    // Nobody listens: the first entry is taken into a batch that waits for the receiver...
+    assert!(sink.offer(entry(&params, &log(0)).unwrap()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...and the buffer holds ten more.
+    let accepted = (1..26)
+        .filter(|i| sink.offer(entry(&params, &log(*i)).unwrap()))
+        .count();
+    assert_eq!(accepted, 10);
+    assert_eq!(sink.dropped.load(Ordering::Relaxed), 15);
+    let got: Received = Arc::default();
+    let _rx = receiver(port, got.clone()).await;
+    wait_for(&got, 11).await;
+    assert_eq!(seqs(&got), (0..11).collect::<Vec<_>>());
+    // integerDuration: milliseconds as an integer.
+    assert_eq!(got.lock().unwrap()[0].1["latency"].as_i64(), Some(2));
+}
