@@ -410,3 +410,127 @@ fn stdio_levels_and_console_form() {
         "2018-11-26T09:00:46.000000Z\terror\tl.logentry.istio-system\t{\"code\":503}"
     );
 }
+
+#[test]
+fn default_telemetry_gives_istio_standard_metrics_for_both_reporters() {
+    let resources = load_file("install/telemetry.yaml");
+    let plan = Plan::build(&resources, "istio-system", &Manifest::istio());
+    assert!(plan.problems.is_empty(), "{:?}", plan.problems);
+    let mut exporter = Exporter::new();
+    assert!(exporter.configure(&plan.handlers).is_empty());
+    let send = |exporter: &mut Exporter, bag: &BTreeMap<String, Value>| {
+        let outcome = plan.dispatch(bag);
+        assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
+        assert!(
+            outcome.match_errors.is_empty(),
+            "{:?}",
+            outcome.match_errors
+        );
+        for d in &outcome.dispatches {
+            let errors = exporter.record(&plan.handlers[d.handler].name, &d.instances);
+            assert!(errors.is_empty(), "{errors:?}");
+        }
+        outcome.dispatches.len()
+    };
+    let mut http = report("productpage", "details", 200, 178);
+    http.insert("context.protocol".to_owned(), Value::String("http".into()));
+    http.insert(
+        "destination.service.host".to_owned(),
+        Value::String("details.default.svc.cluster.local".into()),
+    );
+    http.insert(
+        "destination.service.name".to_owned(),
+        Value::String("details".into()),
+    );
+    http.insert(
+        "destination.service.namespace".to_owned(),
+        Value::String("default".into()),
+    );
+    http.insert(
+        "destination.workload.namespace".to_owned(),
+        Value::String("default".into()),
+    );
+    http.insert(
+        "source.workload.namespace".to_owned(),
+        Value::String("default".into()),
+    );
+    http.insert("request.size".to_owned(), Value::Int64(0));
+    // Both ends report the same call: three from the server side, two from the client side.
+    for _ in 0..3 {
+        assert_eq!(send(&mut exporter, &http), 2, "prometheus and stdio");
+    }
+    let mut client_side = http.clone();
+    client_side.insert(
+        "context.reporter.kind".to_owned(),
+        Value::String("outbound".into()),
+    );
+    for _ in 0..2 {
+        send(&mut exporter, &client_side);
+    }
+    // A health probe is not counted.
+    let mut probe = http.clone();
+    probe.insert(
+        "request.useragent".to_owned(),
+        Value::String("kube-probe/1.30".into()),
+    );
+    assert_eq!(send(&mut exporter, &probe), 1, "stdio only");
+
+    let text = exporter.render();
+    let labels = |reporter: &str, policy: &str| {
+        format!(
+            "{{reporter=\"{reporter}\",source_workload=\"productpage-v1\",source_workload_namespace=\"default\",source_principal=\"unknown\",source_app=\"productpage\",source_version=\"v1\",destination_workload=\"details-v1\",destination_workload_namespace=\"default\",destination_principal=\"unknown\",destination_app=\"details\",destination_version=\"v1\",destination_service=\"details.default.svc.cluster.local\",destination_service_name=\"details\",destination_service_namespace=\"default\",request_protocol=\"http\",response_code=\"200\",connection_security_policy=\"{policy}\"}}"
+        )
+    };
+    let server = labels("destination", "none");
+    let client = labels("source", "unknown");
+    assert!(
+        text.contains(&format!("istio_requests_total{server} 3\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("istio_requests_total{client} 2\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("istio_request_duration_seconds_count{server} 3\n")),
+        "{text}"
+    );
+    // 2.245269ms falls in the 5ms bucket, the first one.
+    let bucket = server.replacen('}', ",le=\"0.005\"}", 1);
+    assert!(
+        text.contains(&format!(
+            "istio_request_duration_seconds_bucket{bucket} 3\n"
+        )),
+        "{text}"
+    );
+    // 178 bytes: above 100, within 1000.
+    let le100 = server.replacen('}', ",le=\"100\"}", 1);
+    let le1000 = server.replacen('}', ",le=\"1000\"}", 1);
+    assert!(
+        text.contains(&format!("istio_response_bytes_bucket{le100} 0\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("istio_response_bytes_bucket{le1000} 3\n")),
+        "{text}"
+    );
+
+    let mut tcp = report("reviews", "ratings", 0, 0);
+    tcp.insert("context.protocol".to_owned(), Value::String("tcp".into()));
+    tcp.insert("connection.sent.bytes".to_owned(), Value::Int64(1000));
+    tcp.insert("connection.received.bytes".to_owned(), Value::Int64(10));
+    send(&mut exporter, &tcp);
+    send(&mut exporter, &tcp);
+    let text = exporter.render();
+    let sent: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("istio_tcp_sent_bytes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(sent, 2000.0, "{text}");
+    assert!(
+        !text.contains(
+            "istio_requests_total{reporter=\"destination\",source_workload=\"reviews-v1\""
+        )
+    );
+}
