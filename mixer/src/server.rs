@@ -178,7 +178,7 @@ impl Shared {
     }
 
     /// Runs one bag through the plan and into the adapters.
-    fn dispatch(&self, bag: &Attributes, lines: &mpsc::Sender<(LogStream, String)>) {
+    fn dispatch(&self, bag: &Attributes, lines: &mpsc::Sender<stdio::Line>) {
         let plan = self.plan();
         let outcome = plan.dispatch(bag);
         for e in &outcome.errors {
@@ -206,7 +206,7 @@ impl Shared {
                 Adapter::Stdio(params) => {
                     for i in &d.instances {
                         if let Some(line) = stdio::format(params, i)
-                            && lines.try_send((line.stream, line.text)).is_err()
+                            && lines.try_send(line).is_err()
                         {
                             self.metrics
                                 .adapter_dropped
@@ -391,7 +391,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
     };
 
     let (queue_tx, mut queue_rx) = mpsc::channel::<Attributes>(args.queue.max(1));
-    let (lines_tx, lines_rx) = mpsc::channel::<(LogStream, String)>(args.queue.max(1));
+    let (lines_tx, lines_rx) = mpsc::channel::<stdio::Line>(args.queue.max(1));
     let dispatcher = {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -472,17 +472,41 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
     })
 }
 
-/// Writes stdio adapter lines; a blocked stdout holds up only this thread.
-fn write_lines(mut rx: mpsc::Receiver<(LogStream, String)>) {
-    while let Some((stream, line)) = rx.blocking_recv() {
-        let result = match stream {
-            LogStream::Stderr => writeln!(std::io::stderr().lock(), "{line}"),
-            // FILE and ROTATED_FILE need outputPath handling; until then they go to stdout
-            // with the rest, where `keelctl logs mixer` reads them.
-            _ => writeln!(std::io::stdout().lock(), "{line}"),
+/// Writes stdio adapter lines; a blocked output holds up only this thread. FILE and
+/// ROTATED_FILE append to `outputPath` (rotation itself is not done: use logrotate's
+/// copytruncate); without a path they go to stdout.
+fn write_lines(mut rx: mpsc::Receiver<stdio::Line>) {
+    let mut files: std::collections::HashMap<String, std::fs::File> =
+        std::collections::HashMap::new();
+    let mut warned = false;
+    while let Some(line) = rx.blocking_recv() {
+        let text = &line.text;
+        let result = match (line.stream, &line.path) {
+            (LogStream::Stderr, _) => writeln!(std::io::stderr().lock(), "{text}"),
+            (LogStream::File | LogStream::RotatedFile, Some(path)) => {
+                let file = match files.entry(path.clone()) {
+                    std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+                    std::collections::hash_map::Entry::Vacant(v) => std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .map(|f| v.insert(f)),
+                };
+                match file {
+                    Ok(f) => writeln!(f, "{text}"),
+                    Err(e) => {
+                        tracing::warn!(%path, error = %e, "cannot open the stdio adapter's outputPath; line written to stdout");
+                        writeln!(std::io::stdout().lock(), "{text}")
+                    }
+                }
+            }
+            _ => writeln!(std::io::stdout().lock(), "{text}"),
         };
-        if result.is_err() {
-            return;
+        if let Err(e) = result
+            && !warned
+        {
+            warned = true;
+            tracing::warn!(error = %e, "stdio adapter output failed (said once)");
         }
     }
 }

@@ -205,6 +205,77 @@ async fn reports_from_a_proxy_reach_prometheus_through_galley_config() {
     );
     assert!(own.contains("mixer_reports_dropped_total 0"), "{own}");
 
+    // A stdio handler writing to a file: one JSON line per report, appended.
+    let log_path = dir.join("access.log");
+    let file_handler = format!(
+        "apiVersion: config.istio.io/v1alpha2\nkind: stdio\nmetadata: {{name: tofile, namespace: istio-system}}\nspec:\n  logStream: FILE\n  outputPath: {}\n---\napiVersion: config.istio.io/v1alpha2\nkind: rule\nmetadata: {{name: logtofile, namespace: istio-system}}\nspec:\n  actions:\n  - handler: tofile.stdio\n    instances: [newlog.logentry]\n",
+        log_path.display()
+    );
+    galley
+        .state
+        .galley
+        .apply(
+            &[keel_galley::core::Source {
+                name: "tofile.yaml".into(),
+                text: file_handler,
+            }],
+            "istio-system",
+            false,
+        )
+        .unwrap();
+    for _ in 0..100 {
+        if get(mixer.monitoring_addr, "/debug/configz")
+            .await
+            .contains("\"rules\": 3")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let batch = vec![
+        StreamAccessLogsMessage {
+            identifier: Some(Identifier {
+                node: Some(Node {
+                    id: "sidecar~10.0.0.1~details-v1-5d8f7c9b4-a.default~default.svc.cluster.local"
+                        .into(),
+                    ..Default::default()
+                }),
+                log_name: "inbound".into(),
+            }),
+            log_entries: None,
+        },
+        StreamAccessLogsMessage {
+            identifier: None,
+            log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
+                log_entry: (0..4).map(|_| entry(178)).collect(),
+            })),
+        },
+    ];
+    client
+        .stream_access_logs(tokio_stream::iter(batch))
+        .await
+        .unwrap();
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["instance"], "newlog.logentry.istio-system");
+        assert_eq!(v["source"], "productpage");
+        assert_eq!(v["destination"], "details");
+        assert_eq!(v["responseSize"], 178);
+    }
+
     // A stream that does not say who it is is refused, not guessed at.
     let anonymous = vec![StreamAccessLogsMessage {
         identifier: None,

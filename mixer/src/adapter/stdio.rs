@@ -14,6 +14,8 @@ use crate::instance::{Instance, InstanceBody};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Line {
     pub stream: LogStream,
+    /// For FILE and ROTATED_FILE: `outputPath`.
+    pub path: Option<String>,
     pub text: String,
 }
 
@@ -95,8 +97,13 @@ pub fn format(params: &StdioParams, instance: &Instance) -> Option<Line> {
             instance.name
         );
     }
+    let stream = params.log_stream.unwrap_or_default();
     Some(Line {
-        stream: params.log_stream.unwrap_or_default(),
+        stream,
+        path: match stream {
+            LogStream::File | LogStream::RotatedFile => params.output_path.clone(),
+            _ => None,
+        },
         text,
     })
 }
