@@ -18,6 +18,8 @@ use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::
 use envoy_types::pb::google::protobuf::UInt32Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod common;
+
 async fn get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
@@ -274,6 +276,83 @@ async fn reports_from_a_proxy_reach_prometheus_through_galley_config() {
         assert_eq!(v["source"], "productpage");
         assert_eq!(v["destination"], "details");
         assert_eq!(v["responseSize"], 178);
+    }
+
+    // The walkthrough's fluentd-istio.yaml, pointed at a forward-protocol receiver here
+    // instead of fluentd-es.logging:24224: every report arrives as one log record.
+    let fluentd_port = common::free_port();
+    let got: common::Received = std::sync::Arc::default();
+    let _receiver = common::receiver(fluentd_port, got.clone()).await;
+    let fluentd_yaml =
+        std::fs::read_to_string(root.join("samples/bookinfo/telemetry/fluentd-istio.yaml"))
+            .unwrap()
+            .replace(
+                "fluentd-es.logging:24224",
+                &format!("127.0.0.1:{fluentd_port}"),
+            );
+    galley
+        .state
+        .galley
+        .apply(
+            &[keel_galley::core::Source {
+                name: "fluentd-istio.yaml".into(),
+                text: fluentd_yaml,
+            }],
+            "istio-system",
+            false,
+        )
+        .unwrap();
+    for _ in 0..100 {
+        if get(mixer.monitoring_addr, "/debug/configz")
+            .await
+            .contains("\"rules\": 4")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let identifier = StreamAccessLogsMessage {
+        identifier: Some(Identifier {
+            node: Some(Node {
+                id: "sidecar~10.0.0.1~details-v1-5d8f7c9b4-a.default~default.svc.cluster.local"
+                    .into(),
+                ..Default::default()
+            }),
+            log_name: "inbound".into(),
+        }),
+        log_entries: None,
+    };
+    let reports = 40;
+    let mut stream = vec![identifier];
+    for _ in 0..4 {
+        stream.push(StreamAccessLogsMessage {
+            identifier: None,
+            log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
+                log_entry: (0..reports / 4).map(|_| entry(178)).collect(),
+            })),
+        });
+    }
+    client
+        .stream_access_logs(tokio_stream::iter(stream))
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if got.lock().unwrap().len() >= reports as usize {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    {
+        let g = got.lock().unwrap();
+        assert_eq!(g.len(), reports as usize, "nothing lost, nothing doubled");
+        for (tag, record) in g.iter() {
+            assert_eq!(tag, "newlog.logentry.istio-system");
+            assert_eq!(record["source"].as_str(), Some("productpage"));
+            assert_eq!(record["destination"].as_str(), Some("details"));
+            assert_eq!(record["responseSize"].as_i64(), Some(178));
+            assert_eq!(record["severity"].as_str(), Some("info"));
+        }
     }
 
     // A stream that does not say who it is is refused, not guessed at.
