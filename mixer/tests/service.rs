@@ -355,6 +355,98 @@ async fn reports_from_a_proxy_reach_prometheus_through_galley_config() {
         }
     }
 
+    // A stalled adapter stalls nothing else: a second fluentd handler whose receiver
+    // accepts but never acknowledges; metrics and the first receiver keep up.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let black_hole_addr = black_hole.local_addr().unwrap();
+    let _hole = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = black_hole.accept().await {
+            held.push(s); // read nothing, answer nothing
+        }
+    });
+    let stalled = format!(
+        "apiVersion: config.istio.io/v1alpha2\nkind: fluentd\nmetadata: {{name: stalled, namespace: istio-system}}\nspec:\n  address: {black_hole_addr}\n  instanceBufferSize: 5\n---\napiVersion: config.istio.io/v1alpha2\nkind: rule\nmetadata: {{name: tostalled, namespace: istio-system}}\nspec:\n  actions:\n  - handler: stalled.fluentd\n    instances: [newlog.logentry]\n"
+    );
+    galley
+        .state
+        .galley
+        .apply(
+            &[keel_galley::core::Source {
+                name: "stalled.yaml".into(),
+                text: stalled,
+            }],
+            "istio-system",
+            false,
+        )
+        .unwrap();
+    for _ in 0..100 {
+        if get(mixer.monitoring_addr, "/debug/configz")
+            .await
+            .contains("\"rules\": 5")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = sum_of(
+        &get(mixer.prometheus_addr, "/metrics").await,
+        "istio_double_request_count",
+    );
+    let records_before = got.lock().unwrap().len();
+    let more = 30;
+    client
+        .stream_access_logs(tokio_stream::iter(vec![
+            StreamAccessLogsMessage {
+                identifier: Some(Identifier {
+                    node: Some(Node {
+                        id: "sidecar~10.0.0.1~details-v1-5d8f7c9b4-a.default~default.svc.cluster.local"
+                            .into(),
+                        ..Default::default()
+                    }),
+                    log_name: "inbound".into(),
+                }),
+                log_entries: None,
+            },
+            StreamAccessLogsMessage {
+                identifier: None,
+                log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
+                    log_entry: (0..more).map(|_| entry(178)).collect(),
+                })),
+            },
+        ]))
+        .await
+        .unwrap();
+    let mut after = before;
+    for _ in 0..100 {
+        after = sum_of(
+            &get(mixer.prometheus_addr, "/metrics").await,
+            "istio_double_request_count",
+        );
+        if after >= before + 2.0 * f64::from(more)
+            && got.lock().unwrap().len() >= records_before + more as usize
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(after, before + 2.0 * f64::from(more));
+    assert_eq!(got.lock().unwrap().len(), records_before + more as usize);
+    // The stalled handler holds what its batch took and five more in its buffer; the rest
+    // are dropped and counted (how many the batch took depends on timing).
+    let own = get(mixer.monitoring_addr, "/metrics").await;
+    let dropped: f64 = own
+        .lines()
+        .find(|l| {
+            l.starts_with("mixer_adapter_dropped_total{handler=\"stalled.fluentd.istio-system\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        dropped >= f64::from(more) - 6.0 - 30.0 && dropped > 0.0,
+        "{own}"
+    );
+
     // A stream that does not say who it is is refused, not guessed at.
     let anonymous = vec![StreamAccessLogsMessage {
         identifier: None,
