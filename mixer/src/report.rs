@@ -115,9 +115,6 @@ pub fn http_attributes(
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect();
-        if let Some(user) = headers.get("end-user") {
-            put_str(&mut bag, "request.auth.principal", user);
-        }
         put(&mut bag, "request.headers", Value::StringMap(headers));
     }
     if let Some(resp) = &entry.response {

@@ -281,6 +281,7 @@ impl AccessLogService for Intake {
                 match Reporter::from_identifier(&node, &id.log_name) {
                     Ok(r) => reporter = Some(r),
                     Err(e) => {
+                        tracing::warn!(error = %e, "access log stream refused: bad identifier");
                         return Err(tonic::Status::invalid_argument(format!(
                             "access log stream identifier: {e}"
                         )));

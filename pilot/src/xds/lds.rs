@@ -119,7 +119,7 @@ impl AccessLogs<'_> {
                     config_type: Some(AccessLogConfig::TypedConfig(any(
                         &HttpGrpcAccessLogConfig {
                             common_config: Some(common_config),
-                            // For request.auth.principal in rules (the walkthrough logs in as a user).
+                            // Bookinfo's logged-in user, so rules can use request.headers["end-user"].
                             additional_request_headers_to_log: vec!["end-user".into()],
                             ..Default::default()
                         },
