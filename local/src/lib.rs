@@ -4,4 +4,5 @@
 //! its own address on a bridge, and records every change before making it, so teardown
 //! works from the record even after a crash.
 
+pub mod dns;
 pub mod net;

@@ -278,7 +278,17 @@ impl Network {
 fn remove_pod_net(p: &PodNet) -> Result<(), NetError> {
     // Deleting the host end removes the pair; deleting the namespace removes what is inside.
     ip_gone(&["link", "del", &p.host_veth])?;
-    ip_gone(&["netns", "del", &p.netns])
+    ip_gone(&["netns", "del", &p.netns])?;
+    // The pod's hosts file and resolv.conf (crate::dns), if any were written.
+    let etc = crate::dns::netns_etc(&p.netns);
+    match std::fs::remove_dir_all(&etc) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(NetError::State {
+            path: etc,
+            reason: format!("cannot remove the pod's /etc files: {e}"),
+        }),
+    }
 }
 
 fn read_state(path: &Path) -> Result<NetState, NetError> {

@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use keel_local::dns::{ServiceName, Vips, hosts_file, netns_etc, write_pod_files};
 use keel_local::net::{NetConfig, NetError, Network, PodNet};
 
 fn require_root() {
@@ -106,6 +107,21 @@ fn serve_in(p: &PodNet, port: u16) -> Server {
     )
 }
 
+/// What `getent hosts NAME` answers inside the namespace.
+fn getent(netns: &str, name: &str) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "getent", "hosts", name])
+        .output()
+        .unwrap();
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    })
+}
+
 fn fetch_from(netns: Option<&str>, url: &str) -> bool {
     let script =
         format!("import urllib.request; urllib.request.urlopen('{url}', timeout=1).read()");
@@ -160,9 +176,32 @@ fn pods_reach_each_other_and_teardown_leaves_nothing() {
     assert!(fetch_from(None, &url), "host to pod");
     drop(server);
 
+    // Service names resolve inside the pod to their virtual IPs; unknown names fail at once.
+    let mut vips = Vips::default();
+    let details = vips
+        .assign(&ServiceName {
+            namespace: "default".into(),
+            name: "details".into(),
+        })
+        .unwrap();
+    write_pod_files(&a.netns, &hosts_file(&a.pod, a.ip, "default", &vips)).unwrap();
+    for name in [
+        "details",
+        "details.default",
+        "details.default.svc.cluster.local",
+    ] {
+        assert_eq!(getent(&a.netns, name), Some(details.to_string()), "{name}");
+    }
+    let t = Instant::now();
+    assert_eq!(getent(&a.netns, "nosuch"), None);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let etc = netns_etc(&a.netns);
+    assert!(etc.join("hosts").exists());
+
     // A removed pod's address is given out again.
     net.remove_pod("productpage-v1-a").unwrap();
     assert!(!netns_list().contains(&a.netns));
+    assert!(!etc.exists(), "the pod's /etc files go with it");
     let again = net.add_pod("reviews-v1-c").unwrap();
     assert_eq!(again.ip, a.ip);
 
