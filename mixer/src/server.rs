@@ -9,7 +9,6 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_server::{
     AccessLogService, AccessLogServiceServer,
@@ -18,12 +17,12 @@ use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::
 use envoy_types::pb::envoy::service::accesslog::v3::{
     StreamAccessLogsMessage, StreamAccessLogsResponse,
 };
-use hyper_util::rt::TokioIo;
 use keel_attributes::Manifest;
 use keel_config::Kind;
 use keel_config::kind::KINDS;
 use keel_config::mixer::{Adapter, LogStream};
 use keel_pilot::registry::Registry;
+use keel_pilot::server::serve_http;
 use keel_xds::client::{self, ClientConfig};
 use tokio::sync::{mpsc, watch};
 
@@ -274,7 +273,7 @@ impl AccessLogService for Intake {
         let mut stream = request.into_inner();
         let mut reporter: Option<Reporter> = None;
         self.shared.metrics.streams.inc();
-        let _open = scopeguard(&self.shared);
+        let _open = StreamGuard(&self.shared);
         while let Some(msg) = stream.message().await? {
             if let Some(id) = msg.identifier {
                 let node = id.node.map(|n| n.id).unwrap_or_default();
@@ -319,10 +318,6 @@ impl Drop for StreamGuard<'_> {
     fn drop(&mut self) {
         self.0.metrics.streams.dec();
     }
-}
-
-fn scopeguard(shared: &Shared) -> StreamGuard<'_> {
-    StreamGuard(shared)
 }
 
 /// A running mixer.
@@ -421,14 +416,14 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
     });
     let prom_task = {
         let shared = shared.clone();
-        tokio::spawn(http_server(prom, move |path| match path {
+        tokio::spawn(serve_http(prom, move |path| match path {
             "/metrics" => (200, shared.render_prometheus()),
             _ => (404, "not found\n".to_owned()),
         }))
     };
     let mon_task = {
         let shared = shared.clone();
-        tokio::spawn(http_server(mon, move |path| match path {
+        tokio::spawn(serve_http(mon, move |path| match path {
             "/metrics" => (200, shared.metrics.encode()),
             "/ready" => {
                 if *ready_rx.borrow() {
@@ -509,37 +504,6 @@ fn write_lines(mut rx: mpsc::Receiver<stdio::Line>) {
             warned = true;
             tracing::warn!(error = %e, "stdio adapter output failed (said once)");
         }
-    }
-}
-
-async fn http_server<F>(listener: tokio::net::TcpListener, route: F)
-where
-    F: Fn(&str) -> (u16, String) + Send + Sync + 'static,
-{
-    let route = Arc::new(route);
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let route = route.clone();
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (status, body) = route(req.uri().path());
-                    let mut r =
-                        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
-                    *r.status_mut() =
-                        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
-                    async move { Ok::<_, std::convert::Infallible>(r) }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
     }
 }
 

@@ -291,6 +291,23 @@ async fn debug_server(
     ready: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) {
+    serve_http(listener, move |path| {
+        if path == "/metrics" {
+            (200, metrics.encode())
+        } else {
+            debug_response(path, &syncs, &mesh.borrow(), *ready.borrow())
+        }
+    })
+    .await
+}
+
+/// A small HTTP/1 server for debug and metrics endpoints: `route` maps a path to a status
+/// and a body. Shared by pilot and mixer.
+pub async fn serve_http<F>(listener: tokio::net::TcpListener, route: F)
+where
+    F: Fn(&str) -> (u16, String) + Send + Sync + 'static,
+{
+    let route = Arc::new(route);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
@@ -299,16 +316,11 @@ async fn debug_server(
                 continue;
             }
         };
-        let (syncs, mesh, ready, metrics) =
-            (syncs.clone(), mesh.clone(), ready.clone(), metrics.clone());
+        let route = route.clone();
         tokio::spawn(async move {
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (status, body) = if req.uri().path() == "/metrics" {
-                        (200, metrics.encode())
-                    } else {
-                        debug_response(req.uri().path(), &syncs, &mesh.borrow(), *ready.borrow())
-                    };
+                    let (status, body) = route(req.uri().path());
                     let mut r =
                         hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
                     *r.status_mut() =
