@@ -61,6 +61,29 @@ fn entry(size: u64) -> HttpAccessLogEntry {
     }
 }
 
+/// A proxy's report stream as details' inbound sidecar sends it: the identifier first, then
+/// one message per batch.
+fn details_stream(batches: Vec<Vec<HttpAccessLogEntry>>) -> Vec<StreamAccessLogsMessage> {
+    let mut messages = vec![StreamAccessLogsMessage {
+        identifier: Some(Identifier {
+            node: Some(Node {
+                id: "sidecar~10.0.0.1~details-v1-5d8f7c9b4-a.default~default.svc.cluster.local"
+                    .into(),
+                ..Default::default()
+            }),
+            log_name: "inbound".into(),
+        }),
+        log_entries: None,
+    }];
+    for log_entry in batches {
+        messages.push(StreamAccessLogsMessage {
+            identifier: None,
+            log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries { log_entry })),
+        });
+    }
+    messages
+}
+
 fn sum_of(text: &str, metric: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(&format!("{metric}{{")))
@@ -159,25 +182,11 @@ async fn reports_from_a_proxy_reach_prometheus_through_galley_config() {
         .await
         .unwrap();
     let n = 25u64;
-    let mut messages = vec![StreamAccessLogsMessage {
-        identifier: Some(Identifier {
-            node: Some(Node {
-                id: "sidecar~10.0.0.1~details-v1-5d8f7c9b4-a.default~default.svc.cluster.local"
-                    .into(),
-                ..Default::default()
-            }),
-            log_name: "inbound".into(),
-        }),
-        log_entries: None,
-    }];
-    for batch in 0..5 {
-        messages.push(StreamAccessLogsMessage {
-            identifier: None,
-            log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
-                log_entry: (0..n / 5).map(|i| entry(170 + batch + i)).collect(),
-            })),
-        });
-    }
+    let messages = details_stream(
+        (0..5)
+            .map(|batch| (0..n / 5).map(|i| entry(170 + batch + i)).collect())
+            .collect(),
+    );
     client
         .stream_access_logs(tokio_stream::iter(messages))
         .await
@@ -234,25 +243,7 @@ async fn reports_from_a_proxy_reach_prometheus_through_galley_config() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let batch = vec![
-        StreamAccessLogsMessage {
-            identifier: Some(Identifier {
-                node: Some(Node {
-                    id: "sidecar~10.0.0.1~details-v1-5d8f7c9b4-a.default~default.svc.cluster.local"
-                        .into(),
-                    ..Default::default()
-                }),
-                log_name: "inbound".into(),
-            }),
-            log_entries: None,
-        },
-        StreamAccessLogsMessage {
-            identifier: None,
-            log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
-                log_entry: (0..4).map(|_| entry(178)).collect(),
-            })),
-        },
-    ];
+    let batch = details_stream(vec![(0..4).map(|_| entry(178)).collect()]);
     client
         .stream_access_logs(tokio_stream::iter(batch))
         .await
@@ -311,27 +302,12 @@ async fn reports_from_a_proxy_reach_prometheus_through_galley_config() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let identifier = StreamAccessLogsMessage {
-        identifier: Some(Identifier {
-            node: Some(Node {
-                id: "sidecar~10.0.0.1~details-v1-5d8f7c9b4-a.default~default.svc.cluster.local"
-                    .into(),
-                ..Default::default()
-            }),
-            log_name: "inbound".into(),
-        }),
-        log_entries: None,
-    };
     let reports = 40;
-    let mut stream = vec![identifier];
-    for _ in 0..4 {
-        stream.push(StreamAccessLogsMessage {
-            identifier: None,
-            log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
-                log_entry: (0..reports / 4).map(|_| entry(178)).collect(),
-            })),
-        });
-    }
+    let stream = details_stream(
+        (0..4)
+            .map(|_| (0..reports / 4).map(|_| entry(178)).collect())
+            .collect(),
+    );
     client
         .stream_access_logs(tokio_stream::iter(stream))
         .await
@@ -395,27 +371,7 @@ async fn reports_from_a_proxy_reach_prometheus_through_galley_config() {
     );
     let records_before = got.lock().unwrap().len();
     let more = 30;
-    let burst = || {
-        vec![
-            StreamAccessLogsMessage {
-                identifier: Some(Identifier {
-                    node: Some(Node {
-                        id: "sidecar~10.0.0.1~details-v1-5d8f7c9b4-a.default~default.svc.cluster.local"
-                            .into(),
-                        ..Default::default()
-                    }),
-                    log_name: "inbound".into(),
-                }),
-                log_entries: None,
-            },
-            StreamAccessLogsMessage {
-                identifier: None,
-                log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
-                    log_entry: (0..more).map(|_| entry(178)).collect(),
-                })),
-            },
-        ]
-    };
+    let burst = || details_stream(vec![(0..more).map(|_| entry(178)).collect()]);
     // Two bursts, the second once the stalled handler's first batch is stuck waiting for
     // its ack: then its buffer (5) is all the second burst can use.
     for round in 1..=2u32 {
