@@ -302,8 +302,9 @@ fn ensure_python_tools(root: &Path) -> Result<PathBuf> {
 
 fn demo() -> Result<()> {
     bail!(
-        "the local mesh (`keelctl up`) is not built yet, so there is no demo to run. \
-         What exists today: `cargo run -p keelctl -- validate -f FILE|DIR|-` checks Istio \
-         configuration the way Keel's control plane will. See README.md for the roadmap."
+        "the local mesh (`keelctl up`) is not built yet, so there is no one-command demo. \
+         What runs today, component by component (README.md, \"What works today\", has the \
+         commands): keel-galley, keel-pilot with real Envoy, keel-mixer (Prometheus, stdio, \
+         fluentd), the Bookinfo services, and `keelctl validate|apply|get|proxy-status|expr`."
     )
 }
