@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub mod client;
+pub use keel_galley::client;
 pub mod cmd;
 pub mod context;
 pub mod output;

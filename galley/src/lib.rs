@@ -10,6 +10,7 @@
 //! Layers: [`core`] (apply/delete/get/list, no I/O but the store) -> [`http`] and
 //! [`distribute`] (wire) -> [`run`] (sockets, tasks).
 
+pub mod client;
 pub mod core;
 pub mod distribute;
 pub mod http;

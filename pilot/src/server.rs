@@ -78,32 +78,19 @@ pub enum StartError {
     },
 }
 
-/// Galley's resources as a configuration snapshot. A resource galley sent that does not load
-/// is skipped with a log line (galley validated it; a mismatch means different versions).
+/// Galley's resources as a configuration snapshot.
 pub fn config_from_galley(state: &ClientState) -> Snapshot {
-    let mut snap = Snapshot::default();
-    for (type_url, accepted) in &state.types {
-        if let Ok(v) = accepted.version.parse::<u64>() {
-            snap.version = snap.version.max(v);
-        }
-        for any in &accepted.resources {
-            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&any.value) else {
-                tracing::warn!(type_url, "galley sent a resource that is not JSON; skipped");
-                continue;
-            };
-            match keel_config::load::load_document(&value, None) {
-                (Ok(r), _) => {
-                    snap.resources.insert(r.key(), Arc::new(r));
-                }
-                (Err(()), diags) => {
-                    for d in diags {
-                        tracing::warn!(type_url, error = %d, "galley sent a resource pilot cannot read; skipped");
-                    }
-                }
-            }
-        }
-    }
-    snap
+    let version = state
+        .types
+        .values()
+        .filter_map(|t| t.version.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    let documents = state
+        .types
+        .values()
+        .flat_map(|t| t.resources.iter().map(|any| any.value.as_slice()));
+    Snapshot::from_json_documents(version, documents)
 }
 
 /// Computes each connected proxy's snapshot from the mesh, debounced.

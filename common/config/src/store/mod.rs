@@ -48,6 +48,36 @@ impl Change {
 }
 
 impl Snapshot {
+    /// A snapshot from resources as JSON documents, as a subscriber receives them from
+    /// galley. A document that does not load is skipped with a log line: galley validated it,
+    /// so a mismatch means the two sides run different versions.
+    pub fn from_json_documents<'a>(
+        version: u64,
+        documents: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Snapshot {
+        let mut snap = Snapshot {
+            version,
+            ..Snapshot::default()
+        };
+        for doc in documents {
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(doc) else {
+                tracing::warn!("galley sent a resource that is not JSON; skipped");
+                continue;
+            };
+            match crate::load::load_document(&value, None) {
+                (Ok(r), _) => {
+                    snap.resources.insert(r.key(), Arc::new(r));
+                }
+                (Err(()), diags) => {
+                    for d in diags {
+                        tracing::warn!(error = %d, "galley sent a resource that cannot be read; skipped");
+                    }
+                }
+            }
+        }
+        snap
+    }
+
     pub fn get(&self, key: &ResourceKey) -> Option<&Arc<Resource>> {
         self.resources.get(key)
     }

@@ -1,4 +1,4 @@
-//! The HTTP client keelctl uses to talk to galley.
+//! The HTTP client for galley's API: keelctl and the local mesh runtime use it.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
