@@ -1,8 +1,11 @@
 //! keel-local: the runtime behind `keelctl up` (design.md §5).
 //!
-//! Work in progress (the local-mesh issue): [`net`] gives each pod a network namespace with
-//! its own address on a bridge, and records every change before making it, so teardown
-//! works from the record even after a crash.
+//! [`net`] gives each pod a network namespace with its own address on a bridge, recording
+//! every change before making it so teardown works from the record even after a crash;
+//! [`dns`] gives services virtual IPs and pods their hosts files; [`images`] maps container
+//! images to local programs; [`workload`] decides which pods the configuration asks for.
 
 pub mod dns;
+pub mod images;
 pub mod net;
+pub mod workload;
