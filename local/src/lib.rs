@@ -5,7 +5,10 @@
 //! [`dns`] gives services virtual IPs and pods their hosts files; [`images`] maps container
 //! images to local programs; [`workload`] decides which pods the configuration asks for.
 
+pub mod bootstrap;
+pub mod capture;
 pub mod dns;
 pub mod images;
 pub mod net;
+pub mod supervise;
 pub mod workload;

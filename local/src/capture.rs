@@ -1,0 +1,253 @@
+//! iptables: a sidecar's traffic capture inside its pod, and Services' virtual IPs on the
+//! host (kube-proxy's job) for pods without a sidecar.
+//!
+//! The rule texts are pure functions (tested directly); applying them runs
+//! `iptables-restore`, inside the pod's namespace for the capture. The capture follows
+//! Istio's istio-iptables: outbound TCP to 15001, inbound TCP to the pod's declared ports to
+//! 15006, and the proxy's own traffic exempt by its group id, so its upstream connections
+//! leave the pod as they are.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+/// The group the sidecar runs as; its traffic is not captured.
+pub const PROXY_GID: u32 = 1337;
+pub const OUTBOUND_CAPTURE_PORT: u16 = 15001;
+pub const INBOUND_CAPTURE_PORT: u16 = 15006;
+/// The host chain holding Services' virtual IPs.
+pub const SERVICES_CHAIN: &str = "KEEL-SERVICES";
+const SERVICES_POSTROUTING: &str = "KEEL-POSTROUTING";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(
+        "cannot run `{command}`: {source} (is iptables installed? `apt-get install iptables`)"
+    )]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed: {stderr}")]
+    Failed { command: String, stderr: String },
+}
+
+/// The nat table of a pod with a sidecar, in iptables-restore form.
+pub fn pod_capture_rules(inbound_ports: &[u16]) -> String {
+    let mut r = String::from("*nat\n");
+    for chain in [
+        "ISTIO_INBOUND",
+        "ISTIO_IN_REDIRECT",
+        "ISTIO_OUTPUT",
+        "ISTIO_REDIRECT",
+    ] {
+        r.push_str(&format!(":{chain} - [0:0]\n"));
+    }
+    r.push_str(&format!(
+        "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {OUTBOUND_CAPTURE_PORT}\n"
+    ));
+    r.push_str(&format!(
+        "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {INBOUND_CAPTURE_PORT}\n"
+    ));
+    r.push_str("-A PREROUTING -p tcp -j ISTIO_INBOUND\n");
+    for port in inbound_ports {
+        r.push_str(&format!(
+            "-A ISTIO_INBOUND -p tcp --dport {port} -j ISTIO_IN_REDIRECT\n"
+        ));
+    }
+    r.push_str("-A OUTPUT -p tcp -j ISTIO_OUTPUT\n");
+    r.push_str(&format!(
+        "-A ISTIO_OUTPUT -m owner --gid-owner {PROXY_GID} -j RETURN\n"
+    ));
+    // The app calling its own pod address goes through the sidecar's inbound side.
+    r.push_str("-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -j ISTIO_IN_REDIRECT\n");
+    r.push_str("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n");
+    r.push_str("-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n");
+    r.push_str("COMMIT\n");
+    r
+}
+
+/// One Service port's virtual address and the pod addresses behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtualPort {
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub endpoints: Vec<(Ipv4Addr, u16)>,
+}
+
+/// The host's Service chains, kube-proxy style: a connection to VIP:PORT is sent to one
+/// endpoint at random (equal shares), and masqueraded when it comes from the pods' subnet so
+/// the reply goes back through the host. A port without endpoints matches nothing; the
+/// runtime's unreachable route for the VIP range then fails the connection at once (and
+/// keeps VIP traffic from ever leaving the machine).
+pub fn service_rules(ports: &[VirtualPort], subnet: (Ipv4Addr, u8)) -> String {
+    let (net, prefix) = subnet;
+    let mut r = String::from("*nat\n");
+    r.push_str(&format!(":{SERVICES_CHAIN} - [0:0]\n"));
+    r.push_str(&format!(":{SERVICES_POSTROUTING} - [0:0]\n"));
+    r.push_str(&format!("-F {SERVICES_CHAIN}\n-F {SERVICES_POSTROUTING}\n"));
+    for vp in ports {
+        let n = vp.endpoints.len();
+        for (i, (ip, port)) in vp.endpoints.iter().enumerate() {
+            let remaining = n - i;
+            let pick = if remaining > 1 {
+                format!(
+                    " -m statistic --mode random --probability {:.5}",
+                    1.0 / remaining as f64
+                )
+            } else {
+                String::new()
+            };
+            r.push_str(&format!(
+                "-A {SERVICES_CHAIN} -d {}/32 -p tcp --dport {}{pick} -j DNAT --to-destination {ip}:{port}\n",
+                vp.vip, vp.port
+            ));
+        }
+    }
+    r.push_str(&format!(
+        "-A {SERVICES_POSTROUTING} -s {net}/{prefix} -d {net}/{prefix} -m conntrack --ctstate DNAT -j MASQUERADE\n"
+    ));
+    r.push_str("COMMIT\n");
+    r
+}
+
+fn run(mut cmd: Command, input: Option<&str>) -> Result<(), CaptureError> {
+    let command = format!("{cmd:?}").replace('"', "");
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| CaptureError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|source| CaptureError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| CaptureError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(CaptureError::Failed {
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Installs the capture in a pod's namespace (`ip netns exec NS iptables-restore`).
+/// Replaces the nat table there, so applying twice is the same as once.
+pub fn apply_pod_capture(netns: &str, inbound_ports: &[u16]) -> Result<(), CaptureError> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns, "iptables-restore"]);
+    run(cmd, Some(&pod_capture_rules(inbound_ports)))
+}
+
+/// The jumps from the host's built-in chains into Keel's, each added once.
+const HOST_JUMPS: &[(&str, &str, &str)] = &[
+    ("nat", "PREROUTING", SERVICES_CHAIN),
+    ("nat", "OUTPUT", SERVICES_CHAIN),
+    ("nat", "POSTROUTING", SERVICES_POSTROUTING),
+];
+
+/// Replaces the host's Service rules (chains created on first use, jumps added once).
+pub fn apply_service_rules(
+    ports: &[VirtualPort],
+    subnet: (Ipv4Addr, u8),
+) -> Result<(), CaptureError> {
+    let mut cmd = Command::new("iptables-restore");
+    cmd.arg("--noflush");
+    run(cmd, Some(&service_rules(ports, subnet)))?;
+    for (table, chain, target) in HOST_JUMPS {
+        let mut check = Command::new("iptables");
+        check.args(["-w", "-t", table, "-C", chain, "-j", target]);
+        if run(check, None).is_err() {
+            let mut add = Command::new("iptables");
+            add.args(["-w", "-t", table, "-I", chain, "-j", target]);
+            run(add, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes every host rule and chain Keel made; what is already gone is fine.
+pub fn remove_service_rules() {
+    for (table, chain, target) in HOST_JUMPS {
+        // A jump may have been added more than once by hand; remove all of them.
+        for _ in 0..16 {
+            let mut del = Command::new("iptables");
+            del.args(["-w", "-t", table, "-D", chain, "-j", target]);
+            if run(del, None).is_err() {
+                break;
+            }
+        }
+    }
+    for (table, chain) in [("nat", SERVICES_CHAIN), ("nat", SERVICES_POSTROUTING)] {
+        for op in ["-F", "-X"] {
+            let mut cmd = Command::new("iptables");
+            cmd.args(["-w", "-t", table, op, chain]);
+            let _ = run(cmd, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_redirects_both_ways_and_exempts_the_proxy() {
+        let r = pod_capture_rules(&[9080, 9443]);
+        assert!(r.starts_with("*nat\n") && r.ends_with("COMMIT\n"));
+        assert!(r.contains("-A ISTIO_INBOUND -p tcp --dport 9080 -j ISTIO_IN_REDIRECT\n"));
+        assert!(r.contains("-A ISTIO_INBOUND -p tcp --dport 9443 -j ISTIO_IN_REDIRECT\n"));
+        assert!(r.contains("REDIRECT --to-ports 15006"));
+        assert!(r.contains("REDIRECT --to-ports 15001"));
+        // The exemption comes before the catch-all redirect.
+        let exempt = r.find("--gid-owner 1337 -j RETURN").unwrap();
+        let redirect = r.find("-A ISTIO_OUTPUT -j ISTIO_REDIRECT").unwrap();
+        assert!(exempt < redirect);
+    }
+
+    #[test]
+    fn services_spread_over_endpoints_and_empty_ones_are_refused() {
+        let ports = [
+            VirtualPort {
+                vip: Ipv4Addr::new(240, 240, 0, 1),
+                port: 9080,
+                endpoints: vec![
+                    (Ipv4Addr::new(10, 88, 0, 2), 9080),
+                    (Ipv4Addr::new(10, 88, 0, 3), 9080),
+                    (Ipv4Addr::new(10, 88, 0, 4), 9080),
+                ],
+            },
+            VirtualPort {
+                vip: Ipv4Addr::new(240, 240, 0, 2),
+                port: 80,
+                endpoints: vec![],
+            },
+        ];
+        let r = service_rules(&ports, (Ipv4Addr::new(10, 88, 0, 0), 16));
+        let dnat: Vec<&str> = r.lines().filter(|l| l.contains("-j DNAT")).collect();
+        assert_eq!(dnat.len(), 3);
+        assert!(dnat[0].contains("--probability 0.33333") && dnat[0].ends_with("10.88.0.2:9080"));
+        assert!(dnat[1].contains("--probability 0.50000"));
+        assert!(!dnat[2].contains("probability"), "the last takes the rest");
+        assert!(!r.contains("240.240.0.2"), "no endpoints, no rule");
+        assert!(r.contains("-s 10.88.0.0/16 -d 10.88.0.0/16 -m conntrack --ctstate DNAT -j MASQUERADE"));
+    }
+}
