@@ -10,7 +10,7 @@ pub use keel_galley::client;
 pub mod cmd;
 pub mod context;
 pub mod output;
-pub mod prometheus;
+pub use keel_local::prometheus;
 
 #[derive(Parser, Debug)]
 #[command(

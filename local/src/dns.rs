@@ -91,14 +91,25 @@ pub fn netns_etc(netns: &str) -> PathBuf {
     PathBuf::from("/etc/netns").join(netns)
 }
 
-/// Writes the pod's hosts file and resolv.conf (atomically, so a reader never sees half).
+/// Writes the pod's hosts file and resolv.conf. A file that exists is rewritten in place:
+/// `ip netns exec` bind-mounts it into the pod's processes, and a bind mount keeps the
+/// inode it was made with, so a replaced file would go unseen by running processes.
 pub fn write_pod_files(netns: &str, hosts: &str) -> std::io::Result<()> {
     let dir = netns_etc(netns);
     std::fs::create_dir_all(&dir)?;
     for (name, text) in [("hosts", hosts), ("resolv.conf", RESOLV_CONF)] {
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, dir.join(name))?;
+        let path = dir.join(name);
+        if path.exists() {
+            if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+                continue;
+            }
+            // One write call: glibc re-reads the file per lookup and sees old or new.
+            std::fs::write(&path, text)?;
+        } else {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, path)?;
+        }
     }
     Ok(())
 }

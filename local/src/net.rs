@@ -251,6 +251,11 @@ impl Network {
 
     /// Removes everything the record names, then the record itself.
     pub fn teardown(mut self) -> Result<(), NetError> {
+        self.remove_all()
+    }
+
+    /// [`Network::teardown`] without giving up the handle.
+    pub fn remove_all(&mut self) -> Result<(), NetError> {
         let pods = std::mem::take(&mut self.state.pods);
         for p in &pods {
             remove_pod_net(p)?;
@@ -263,6 +268,7 @@ impl Network {
                 .map(|c| c.bridge.clone())
                 .unwrap_or_else(|| self.config.bridge.clone());
             ip_gone(&["link", "del", &bridge])?;
+            self.state.bridge_created = false;
         }
         match std::fs::remove_file(&self.state_path) {
             Ok(()) => Ok(()),

@@ -32,6 +32,8 @@ pub struct ContainerPlan {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub ports: Vec<u16>,
+    /// Named container ports, for Services' named `targetPort`s.
+    pub named_ports: BTreeMap<String, u16>,
 }
 
 /// One pod to run.
@@ -212,12 +214,19 @@ fn container_plan(c: &Container, images: &ImageTable) -> Result<ContainerPlan, S
         .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
         .filter_map(|p| u16::try_from(p.container_port).ok())
         .collect();
+    let named_ports = c
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
+        .collect();
     Ok(ContainerPlan {
         name: c.name.clone(),
         image,
         argv,
         env,
         ports,
+        named_ports,
     })
 }
 
