@@ -48,6 +48,15 @@ pub enum Command {
     Validate(cmd::validate::Args),
     /// Mixer's expression language: `keelctl expr eval EXPR [--attributes FILE.json]`.
     Expr(cmd::expr::Args),
+    /// Start the local mesh (root): galley, pilot, mixer, prometheus and the ingress gateway
+    /// on this machine; pods run from the Deployments you apply.
+    Up(cmd::local::UpArgs),
+    /// Stop the local mesh and remove everything it made.
+    Down(cmd::local::DownArgs),
+    /// The local mesh: components, pods, readiness, the gateway URL and endpoints.
+    Status(cmd::local::StatusArgs),
+    /// A pod's container log, or a component's (galley, pilot, mixer, ingressgateway, ...).
+    Logs(cmd::local::LogsArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -59,6 +68,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => cmd::validate::run(args, &mut stdin, &mut out, &mut err)?,
         Command::Context(args) => cmd::context::run(args, cli.galley.as_deref(), &mut out)?,
         Command::Expr(args) => cmd::expr::run(args, &mut out, &mut err)?,
+        Command::Up(args) => cmd::local::up(args, &mut out, &mut err)?,
+        Command::Down(args) => cmd::local::down(args, &mut out, &mut err)?,
+        Command::Status(args) => cmd::local::status(args, &mut out, &mut err)?,
+        Command::Logs(args) => cmd::local::logs(args, &mut out, &mut err)?,
         command => {
             let client = client::GalleyClient::new(&context::galley_addr(cli.galley.as_deref())?);
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -77,7 +90,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Command::Label(a) => cmd::label::run(a, &client, &mut out, &mut err).await,
                     Command::ProxyStatus(a) => cmd::proxy::status(a, &mut out, &mut err).await,
                     Command::ProxyConfig(a) => cmd::proxy::config(a, &mut out, &mut err).await,
-                    Command::Validate(_) | Command::Context(_) | Command::Expr(_) => Ok(true),
+                    Command::Validate(_)
+                    | Command::Context(_)
+                    | Command::Expr(_)
+                    | Command::Up(_)
+                    | Command::Down(_)
+                    | Command::Status(_)
+                    | Command::Logs(_) => Ok(true),
                 }
             })?
         }

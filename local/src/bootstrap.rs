@@ -27,7 +27,8 @@ pub fn node_id(role: Role, ip: &str, pod: &str, namespace: &str) -> String {
 
 /// Envoy's bootstrap (JSON is YAML; Envoy reads either).
 pub fn envoy_bootstrap(node_id: &str, service_cluster: &str, pilot: SocketAddr) -> Value {
-    let socket = |ip: String, port: u16| json!({"socket_address": {"address": ip, "port_value": port}});
+    let socket =
+        |ip: String, port: u16| json!({"socket_address": {"address": ip, "port_value": port}});
     json!({
         "node": {"id": node_id, "cluster": service_cluster},
         "admin": {"address": socket("127.0.0.1".into(), ADMIN_PORT)},
@@ -109,9 +110,19 @@ mod tests {
         let b = envoy_bootstrap("sidecar~x", "reviews", "10.88.0.1:15010".parse().unwrap());
         let xds = &b["static_resources"]["clusters"][0];
         assert_eq!(xds["name"], "xds-grpc");
-        let addr = &xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
-        assert_eq!((addr["address"].as_str(), addr["port_value"].as_u64()), (Some("10.88.0.1"), Some(15010)));
-        assert_eq!(b["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"], 15090);
-        assert_eq!(b["admin"]["address"]["socket_address"]["address"], "127.0.0.1");
+        let addr = &xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"];
+        assert_eq!(
+            (addr["address"].as_str(), addr["port_value"].as_u64()),
+            (Some("10.88.0.1"), Some(15010))
+        );
+        assert_eq!(
+            b["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"],
+            15090
+        );
+        assert_eq!(
+            b["admin"]["address"]["socket_address"]["address"],
+            "127.0.0.1"
+        );
     }
 }

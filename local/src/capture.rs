@@ -21,9 +21,7 @@ const SERVICES_POSTROUTING: &str = "KEEL-POSTROUTING";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error(
-        "cannot run `{command}`: {source} (is iptables installed? `apt-get install iptables`)"
-    )]
+    #[error("cannot run `{command}`: {source} (is iptables installed? `apt-get install iptables`)")]
     Spawn {
         command: String,
         #[source]
@@ -248,6 +246,8 @@ mod tests {
         assert!(dnat[1].contains("--probability 0.50000"));
         assert!(!dnat[2].contains("probability"), "the last takes the rest");
         assert!(!r.contains("240.240.0.2"), "no endpoints, no rule");
-        assert!(r.contains("-s 10.88.0.0/16 -d 10.88.0.0/16 -m conntrack --ctstate DNAT -j MASQUERADE"));
+        assert!(
+            r.contains("-s 10.88.0.0/16 -d 10.88.0.0/16 -m conntrack --ctstate DNAT -j MASQUERADE")
+        );
     }
 }

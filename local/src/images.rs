@@ -90,10 +90,26 @@ impl ImageTable {
                 "bookinfo-productpage",
                 &[],
             ),
-            entry("istio/examples-bookinfo-details-v1", "bookinfo-details", &[]),
-            entry("istio/examples-bookinfo-details-v2", "bookinfo-details", &[]),
-            entry("istio/examples-bookinfo-ratings-v1", "bookinfo-ratings", &[]),
-            entry("istio/examples-bookinfo-ratings-v2", "bookinfo-ratings", &[]),
+            entry(
+                "istio/examples-bookinfo-details-v1",
+                "bookinfo-details",
+                &[],
+            ),
+            entry(
+                "istio/examples-bookinfo-details-v2",
+                "bookinfo-details",
+                &[],
+            ),
+            entry(
+                "istio/examples-bookinfo-ratings-v1",
+                "bookinfo-ratings",
+                &[],
+            ),
+            entry(
+                "istio/examples-bookinfo-ratings-v2",
+                "bookinfo-ratings",
+                &[],
+            ),
             entry(
                 "istio/examples-bookinfo-reviews-v1",
                 "bookinfo-reviews",
@@ -129,10 +145,12 @@ impl ImageTable {
                 });
             }
         };
-        table.extend_from_yaml(&text).map_err(|reason| ImageError::File {
-            path: user_file.to_owned(),
-            reason,
-        })?;
+        table
+            .extend_from_yaml(&text)
+            .map_err(|reason| ImageError::File {
+                path: user_file.to_owned(),
+                reason,
+            })?;
         Ok(table)
     }
 
@@ -223,7 +241,10 @@ mod tests {
                 "docker.io/istio/examples-bookinfo-details-v1:1.8.0",
                 "istio/examples-bookinfo-details-v1",
             ),
-            ("localhost:5000/keel/bookinfo-ratings:0.1", "keel/bookinfo-ratings"),
+            (
+                "localhost:5000/keel/bookinfo-ratings:0.1",
+                "keel/bookinfo-ratings",
+            ),
             ("nginx", "nginx"),
             ("library/nginx:1.25", "nginx"),
             ("docker.io/library/nginx@sha256:abc", "nginx"),
@@ -242,11 +263,16 @@ mod tests {
         assert_eq!(v2.command, ["bookinfo-reviews"]);
         assert_eq!(v2.env["STAR_COLOR"], "black");
         assert_eq!(
-            t.lookup("istio/examples-bookinfo-reviews-v1:1.5.0").unwrap().env["ENABLE_RATINGS"],
+            t.lookup("istio/examples-bookinfo-reviews-v1:1.5.0")
+                .unwrap()
+                .env["ENABLE_RATINGS"],
             "false"
         );
         let err = t.lookup("example/unknown:1").unwrap_err().to_string();
-        assert!(err.contains("\"example/unknown\"") && err.contains("/x/images.yaml"), "{err}");
+        assert!(
+            err.contains("\"example/unknown\"") && err.contains("/x/images.yaml"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -256,8 +282,14 @@ mod tests {
             "images:\n- image: example/hello:2\n  command: [/bin/hello, -v]\n  env: {A: b}\n- image: keel/bookinfo-details\n  command: [my-details]\n",
         )
         .unwrap();
-        assert_eq!(t.lookup("example/hello").unwrap().command, ["/bin/hello", "-v"]);
-        assert_eq!(t.lookup("keel/bookinfo-details:0.1").unwrap().command, ["my-details"]);
+        assert_eq!(
+            t.lookup("example/hello").unwrap().command,
+            ["/bin/hello", "-v"]
+        );
+        assert_eq!(
+            t.lookup("keel/bookinfo-details:0.1").unwrap().command,
+            ["my-details"]
+        );
         let err = t
             .extend_from_yaml("images:\n- image: a\n  command: []\n")
             .unwrap_err();

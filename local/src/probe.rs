@@ -31,7 +31,12 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
     };
     tokio::time::timeout(PROBE_TIMEOUT, fetch)
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{addr} did not answer")))?
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{addr} did not answer"),
+            )
+        })?
 }
 
 /// Whether something listens on `port` (on any address of the host).
@@ -70,7 +75,9 @@ mod tests {
                 let (mut s, _) = backend.accept().await.unwrap();
                 let mut req = [0u8; 1024];
                 let _ = s.read(&mut req).await;
-                let _ = s.write_all(b"HTTP/1.0 503 Service Unavailable\r\n\r\nnot yet").await;
+                let _ = s
+                    .write_all(b"HTTP/1.0 503 Service Unavailable\r\n\r\nnot yet")
+                    .await;
             }
         });
         assert_eq!(

@@ -407,7 +407,12 @@ impl Runtime {
     }
 
     /// Waits until `url` on 127.0.0.1 answers 200, failing when the component keeps exiting.
-    async fn wait_ready(&mut self, name: &'static str, port: u16, path: &str) -> Result<(), RuntimeError> {
+    async fn wait_ready(
+        &mut self,
+        name: &'static str,
+        port: u16,
+        path: &str,
+    ) -> Result<(), RuntimeError> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         loop {
@@ -430,7 +435,11 @@ impl Runtime {
                     format!("{name} did not become ready"),
                     format!(
                         "{} (last exit: {}); the end of {}:\n{}",
-                        if state.restarts >= 3 { "it keeps exiting" } else { "timed out after 60 s" },
+                        if state.restarts >= 3 {
+                            "it keeps exiting"
+                        } else {
+                            "timed out after 60 s"
+                        },
                         state.last_exit.unwrap_or_else(|| "none".into()),
                         log.display(),
                         tail(&log, 15)
@@ -462,15 +471,24 @@ impl Runtime {
                 format!("127.0.0.1:{}", ports.galley_http),
             ],
         );
-        self.wait_ready("galley", ports.galley_http, "/ready").await?;
+        self.wait_ready("galley", ports.galley_http, "/ready")
+            .await?;
 
         self.set_progress("applying the mesh's namespaces and default telemetry");
         self.apply_text("mesh namespaces", &mesh_namespaces(), "default")
             .await?;
-        self.apply_text("install/telemetry.yaml", DEFAULT_TELEMETRY, GATEWAY_NAMESPACE)
-            .await?;
-        self.apply_text("ingress gateway service", &gateway_service(&ports), GATEWAY_NAMESPACE)
-            .await?;
+        self.apply_text(
+            "install/telemetry.yaml",
+            DEFAULT_TELEMETRY,
+            GATEWAY_NAMESPACE,
+        )
+        .await?;
+        self.apply_text(
+            "ingress gateway service",
+            &gateway_service(&ports),
+            GATEWAY_NAMESPACE,
+        )
+        .await?;
 
         self.set_progress("starting pilot");
         let galley_ads = format!("http://127.0.0.1:{}", ports.galley_grpc);
@@ -505,7 +523,8 @@ impl Runtime {
                 format!("127.0.0.1:{}", ports.mixer_monitoring),
             ],
         );
-        self.wait_ready("mixer", ports.mixer_monitoring, "/ready").await?;
+        self.wait_ready("mixer", ports.mixer_monitoring, "/ready")
+            .await?;
 
         self.set_progress("starting prometheus");
         self.start_prometheus().await?;
@@ -529,21 +548,22 @@ impl Runtime {
             self.refresh_sync().await;
             self.refresh_status();
             if self.status.phase == Phase::Starting {
-                let gateway_ready = self
-                    .pods
-                    .values()
-                    .any(|p| p.gateway && p.node_id.as_ref().is_some_and(|n| self.synced.contains(n)));
+                let gateway_ready = self.pods.values().any(|p| {
+                    p.gateway && p.node_id.as_ref().is_some_and(|n| self.synced.contains(n))
+                });
                 if gateway_ready {
                     self.start_forwarders()?;
                     self.status.phase = Phase::Ready;
                     self.status.progress.clear();
                     tracing::info!("the local mesh is ready");
                 } else if Instant::now() > gateway_deadline {
-                    let log = self
-                        .pods
-                        .values()
-                        .find(|p| p.gateway)
-                        .map(|p| self.opts.layout.container_log(&p.plan.namespace, &p.plan.name, "istio-proxy"));
+                    let log = self.pods.values().find(|p| p.gateway).map(|p| {
+                        self.opts.layout.container_log(
+                            &p.plan.namespace,
+                            &p.plan.name,
+                            "istio-proxy",
+                        )
+                    });
                     return Err(start_err(
                         "the ingress gateway did not get its configuration from pilot within 60 s",
                         log.map(|l| format!("the end of {}:\n{}", l.display(), tail(&l, 15)))
@@ -570,18 +590,38 @@ impl Runtime {
     fn endpoints(&self) -> BTreeMap<String, String> {
         let p = &self.opts.ports;
         let mut e = BTreeMap::from([
-            ("galley".to_owned(), format!("http://127.0.0.1:{}", p.galley_http)),
-            ("pilot_debug".to_owned(), format!("http://127.0.0.1:{}/debug/syncz", p.pilot_http)),
-            ("mixer_metrics".to_owned(), format!("http://127.0.0.1:{}/metrics", p.mixer_prometheus)),
-            ("mixer_monitoring".to_owned(), format!("http://127.0.0.1:{}/debug/configz", p.mixer_monitoring)),
+            (
+                "galley".to_owned(),
+                format!("http://127.0.0.1:{}", p.galley_http),
+            ),
+            (
+                "pilot_debug".to_owned(),
+                format!("http://127.0.0.1:{}/debug/syncz", p.pilot_http),
+            ),
+            (
+                "mixer_metrics".to_owned(),
+                format!("http://127.0.0.1:{}/metrics", p.mixer_prometheus),
+            ),
+            (
+                "mixer_monitoring".to_owned(),
+                format!("http://127.0.0.1:{}/debug/configz", p.mixer_monitoring),
+            ),
         ]);
         if self.prometheus.is_some() {
-            e.insert("prometheus".to_owned(), format!("http://127.0.0.1:{}", p.prometheus));
+            e.insert(
+                "prometheus".to_owned(),
+                format!("http://127.0.0.1:{}", p.prometheus),
+            );
         }
         e
     }
 
-    async fn apply_text(&self, name: &str, text: &str, namespace: &str) -> Result<(), RuntimeError> {
+    async fn apply_text(
+        &self,
+        name: &str,
+        text: &str,
+        namespace: &str,
+    ) -> Result<(), RuntimeError> {
         self.galley
             .apply(
                 &[Source {
@@ -604,7 +644,8 @@ impl Runtime {
             return Ok(());
         };
         let dir = self.opts.layout.prometheus_dir();
-        std::fs::create_dir_all(dir.join("data")).map_err(|e| start_err("prometheus' directory", e))?;
+        std::fs::create_dir_all(dir.join("data"))
+            .map_err(|e| start_err("prometheus' directory", e))?;
         let config = dir.join("prometheus.yml");
         self.write_prometheus_config(&config, &[])?;
         let listen = SocketAddr::from(([127, 0, 0, 1], self.opts.ports.prometheus));
@@ -612,7 +653,10 @@ impl Runtime {
         let spec = ProcessSpec {
             name: "prometheus".into(),
             program: binary,
-            args: cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect(),
+            args: cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
             env: BTreeMap::new(),
             netns: None,
             gid: None,
@@ -628,10 +672,15 @@ impl Runtime {
             config,
             proxies: Vec::new(),
         });
-        self.wait_ready("prometheus", self.opts.ports.prometheus, "/-/ready").await
+        self.wait_ready("prometheus", self.opts.ports.prometheus, "/-/ready")
+            .await
     }
 
-    fn write_prometheus_config(&self, path: &Path, proxies: &[SocketAddr]) -> Result<(), RuntimeError> {
+    fn write_prometheus_config(
+        &self,
+        path: &Path,
+        proxies: &[SocketAddr],
+    ) -> Result<(), RuntimeError> {
         let p = &self.opts.ports;
         let local = |port: u16| vec![SocketAddr::from(([127, 0, 0, 1], port))];
         let targets = prometheus::MeshTargets {
@@ -689,7 +738,9 @@ impl Runtime {
                     l.set_nonblocking(true)?;
                     tokio::net::TcpListener::from_std(l)
                 })
-                .map_err(|e| start_err(format!("listening on {listen} for the ingress gateway"), e))?;
+                .map_err(|e| {
+                    start_err(format!("listening on {listen} for the ingress gateway"), e)
+                })?;
             let target = SocketAddr::from((ip, pod_port));
             self.forwarders
                 .push(tokio::spawn(crate::probe::forward(listener, target)));
@@ -698,15 +749,17 @@ impl Runtime {
     }
 
     fn gateway_plan(&self) -> PodPlan {
+        let hash = workload::template_hash(GATEWAY_NAME);
         PodPlan {
             namespace: GATEWAY_NAMESPACE.into(),
-            name: format!("{GATEWAY_NAME}-local"),
+            name: workload::pod_name(GATEWAY_NAMESPACE, GATEWAY_NAME, &hash, 0),
             deployment: GATEWAY_NAME.into(),
-            template_hash: "local".into(),
             labels: BTreeMap::from([
                 ("app".to_owned(), GATEWAY_NAME.to_owned()),
                 ("istio".to_owned(), "ingressgateway".to_owned()),
+                ("pod-template-hash".to_owned(), hash.clone()),
             ]),
+            template_hash: hash,
             service_account: format!("{GATEWAY_NAME}-service-account"),
             containers: Vec::new(),
             inject: false,
@@ -779,7 +832,8 @@ impl Runtime {
         let (ns, name) = (pod.plan.namespace.clone(), pod.plan.name.clone());
         let netns = pod.net.netns.clone();
         let ip = pod.net.ip.to_string();
-        dns::write_pod_files(&netns, hosts).map_err(|e| start_err("writing the pod's hosts file", e))?;
+        dns::write_pod_files(&netns, hosts)
+            .map_err(|e| start_err("writing the pod's hosts file", e))?;
         let dir = layout.pod_dir(&ns, &name);
         std::fs::create_dir_all(&dir).map_err(|e| start_err(dir.display().to_string(), e))?;
         let downward = |extra: &[(&str, &str)]| -> BTreeMap<String, String> {
@@ -792,7 +846,11 @@ impl Runtime {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-            env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+            env.extend(
+                extra
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+            );
             env
         };
         if pod.plan.inject || pod.gateway {
@@ -839,7 +897,9 @@ impl Runtime {
                 netns: Some(netns.clone()),
                 gid: Some(capture::PROXY_GID),
                 log: layout.container_log(&ns, &name, "istio-proxy"),
-                pid_file: layout.pids_dir().join(format!("{ns}.{name}.istio-proxy.pid")),
+                pid_file: layout
+                    .pids_dir()
+                    .join(format!("{ns}.{name}.istio-proxy.pid")),
             }));
             pod.node_id = Some(node);
         }
@@ -871,7 +931,9 @@ impl Runtime {
                         netns: Some(netns.clone()),
                         gid: None,
                         log: layout.container_log(&ns, &name, &c.name),
-                        pid_file: layout.pids_dir().join(format!("{ns}.{name}.{}.pid", c.name)),
+                        pid_file: layout
+                            .pids_dir()
+                            .join(format!("{ns}.{name}.{}.pid", c.name)),
                     }));
                 }
                 (None, _) => {
@@ -890,7 +952,9 @@ impl Runtime {
     }
 
     async fn stop_pod(&mut self, key: &str) {
-        let Some(pod) = self.pods.remove(key) else { return };
+        let Some(pod) = self.pods.remove(key) else {
+            return;
+        };
         tracing::info!(pod = %key, "stopping pod");
         let mut stopping = tokio::task::JoinSet::new();
         for c in pod.containers {
@@ -906,9 +970,16 @@ impl Runtime {
         if let Err(e) = self.net.remove_pod(&pod.net.pod) {
             tracing::warn!(pod = %key, error = %e, "cannot remove the pod's network");
         }
-        let _ = std::fs::remove_dir_all(self.opts.layout.pod_dir(&pod.plan.namespace, &pod.plan.name));
+        let _ = std::fs::remove_dir_all(
+            self.opts
+                .layout
+                .pod_dir(&pod.plan.namespace, &pod.plan.name),
+        );
         if self.written.remove(key).is_some()
-            && let Err(e) = self.galley.delete("pods", &pod.plan.namespace, &pod.plan.name).await
+            && let Err(e) = self
+                .galley
+                .delete("pods", &pod.plan.namespace, &pod.plan.name)
+                .await
         {
             tracing::warn!(pod = %key, error = %e, "cannot remove the Pod from galley");
         }
@@ -920,7 +991,9 @@ impl Runtime {
         let before = self.vips.clone();
         let mut virtual_ports = Vec::new();
         for r in snap.resources.values() {
-            let Spec::Service(svc) = &r.spec else { continue };
+            let Spec::Service(svc) = &r.spec else {
+                continue;
+            };
             let Some(spec) = &svc.spec else { continue };
             if spec.cluster_ip.as_deref() == Some("None") {
                 continue;
@@ -961,14 +1034,20 @@ impl Runtime {
                 if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
                     continue;
                 }
-                let Ok(svc_port) = u16::try_from(port.port) else { continue };
+                let Ok(svc_port) = u16::try_from(port.port) else {
+                    continue;
+                };
                 let endpoints = if selector.is_empty() {
                     Vec::new()
                 } else {
                     self.pods
                         .values()
                         .filter(|p| p.plan.namespace == name.namespace)
-                        .filter(|p| selector.iter().all(|(k, v)| p.plan.labels.get(k) == Some(v)))
+                        .filter(|p| {
+                            selector
+                                .iter()
+                                .all(|(k, v)| p.plan.labels.get(k) == Some(v))
+                        })
                         .filter_map(|p| {
                             let target = match &port.target_port {
                                 None => Some(svc_port),
@@ -1022,7 +1101,11 @@ impl Runtime {
             .containers
             .iter()
             .map(|c| {
-                let st = c.process.as_ref().map(Supervised::state).unwrap_or_default();
+                let st = c
+                    .process
+                    .as_ref()
+                    .map(Supervised::state)
+                    .unwrap_or_default();
                 ContainerState {
                     name: c.name.clone(),
                     image: c.image.clone(),
@@ -1041,7 +1124,10 @@ impl Runtime {
             .collect();
         if let Some(sidecar) = &pod.sidecar {
             let st = sidecar.state();
-            let synced = pod.node_id.as_ref().is_some_and(|n| self.synced.contains(n));
+            let synced = pod
+                .node_id
+                .as_ref()
+                .is_some_and(|n| self.synced.contains(n));
             out.push(ContainerState {
                 name: "istio-proxy".into(),
                 image: self.opts.data_plane.image().into(),
@@ -1135,9 +1221,7 @@ impl Runtime {
                     pid: st.pid,
                     restarts: st.restarts,
                     log: layout.component_log(c.name).display().to_string(),
-                    message: (!st.running)
-                        .then(|| st.last_exit.clone())
-                        .flatten(),
+                    message: (!st.running).then(|| st.last_exit.clone()).flatten(),
                 }
             })
             .collect();
@@ -1326,7 +1410,10 @@ pub fn teardown_from_record(layout: &Layout) -> Vec<String> {
 
 /// `keel-local`'s command line (keelctl up builds it).
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "keel-local", about = "The local mesh's runtime (started by `keelctl up`)")]
+#[command(
+    name = "keel-local",
+    about = "The local mesh's runtime (started by `keelctl up`)"
+)]
 pub struct Args {
     /// Where the mesh keeps its files ($KEEL_HOME/local).
     #[arg(long)]

@@ -141,7 +141,11 @@ impl Status {
 
 /// Whether the process that wrote `pid_file` is still alive.
 pub fn running_pid(pid_file: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // A zombie is not alive.
     let state = stat.rsplit_once(") ")?.1.chars().next()?;

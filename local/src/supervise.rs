@@ -86,7 +86,16 @@ fn command(spec: &ProcessSpec) -> Command {
         argv.extend(["ip", "netns", "exec", ns].map(str::to_owned));
     }
     if let Some(gid) = spec.gid {
-        argv.extend(["setpriv", "--regid", &gid.to_string(), "--clear-groups", "--"].map(str::to_owned));
+        argv.extend(
+            [
+                "setpriv",
+                "--regid",
+                &gid.to_string(),
+                "--clear-groups",
+                "--",
+            ]
+            .map(str::to_owned),
+        );
     }
     argv.push(spec.program.display().to_string());
     argv.extend(spec.args.iter().cloned());
@@ -258,7 +267,10 @@ mod tests {
         let mut rx = p.subscribe();
         let s = wait_for(&mut rx, "a restart", |s| s.restarts >= 2).await;
         assert_eq!(s.last_exit.as_deref(), Some("exit status: 3"));
-        assert_eq!(std::fs::read_to_string(dir.join("t.log.previous")).unwrap(), "run hello\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("t.log.previous")).unwrap(),
+            "run hello\n"
+        );
         p.stop().await;
     }
 
@@ -271,10 +283,13 @@ mod tests {
         let pid = s.pid.unwrap();
         assert!(dir.join("t.pid").exists());
         p.stop().await;
-        assert!(!Path::new(&format!("/proc/{pid}")).exists() || {
-            // A zombie until reaped; tokio reaps on wait, which stop did.
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(" Z "))
-        });
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists() || {
+                // A zombie until reaped; tokio reaps on wait, which stop did.
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(" Z "))
+            }
+        );
         assert!(!dir.join("t.pid").exists());
         assert_eq!(rx.borrow().restarts, 0);
     }

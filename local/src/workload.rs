@@ -134,7 +134,7 @@ fn deployment_pods(
         .as_ref()
         .ok_or("spec.template.spec is missing")?;
     let template_json = serde_json::to_string(template).map_err(|e| e.to_string())?;
-    let template_hash = safe_encode(fnv1a(template_json.as_bytes()), 10);
+    let template_hash = template_hash(&template_json);
     let inject = inject_namespace
         && meta
             .annotations
@@ -143,9 +143,10 @@ fn deployment_pods(
             .is_none_or(|v| v != "false");
     let mut containers = Vec::new();
     for (i, c) in pod_spec.containers.iter().enumerate() {
-        containers.push(container_plan(c, images).map_err(|e| {
-            format!("spec.template.spec.containers[{i}] ({}): {e}", c.name)
-        })?);
+        containers.push(
+            container_plan(c, images)
+                .map_err(|e| format!("spec.template.spec.containers[{i}] ({}): {e}", c.name))?,
+        );
     }
     let mut labels = meta.labels.clone().unwrap_or_default();
     labels.insert("pod-template-hash".into(), template_hash.clone());
@@ -155,21 +156,30 @@ fn deployment_pods(
         .or_else(|| pod_spec.service_account.clone())
         .unwrap_or_else(|| "default".into());
     Ok((0..replicas)
-        .map(|i| {
-            let seed = format!("{namespace}/{name}/{template_hash}/{i}");
-            let suffix = safe_encode(fnv1a(seed.as_bytes()), 5);
-            PodPlan {
-                namespace: namespace.to_owned(),
-                name: format!("{name}-{template_hash}-{suffix}"),
-                deployment: name.to_owned(),
-                template_hash: template_hash.clone(),
-                labels: labels.clone(),
-                service_account: service_account.clone(),
-                containers: containers.clone(),
-                inject,
-            }
+        .map(|i| PodPlan {
+            namespace: namespace.to_owned(),
+            name: pod_name(namespace, name, &template_hash, i),
+            deployment: name.to_owned(),
+            template_hash: template_hash.clone(),
+            labels: labels.clone(),
+            service_account: service_account.clone(),
+            containers: containers.clone(),
+            inject,
         })
         .collect())
+}
+
+/// A template's hash, in Kubernetes' alphabet.
+pub fn template_hash(template: &str) -> String {
+    safe_encode(fnv1a(template.as_bytes()), 10)
+}
+
+/// The name of a Deployment's `index`th pod: `DEPLOYMENT-HASH-SUFFIX`, as a ReplicaSet names
+/// its pods (the suffix is derived, not random, so names survive a runtime restart).
+pub fn pod_name(namespace: &str, deployment: &str, template_hash: &str, index: u32) -> String {
+    let seed = format!("{namespace}/{deployment}/{template_hash}/{index}");
+    let suffix = safe_encode(fnv1a(seed.as_bytes()), 5);
+    format!("{deployment}-{template_hash}-{suffix}")
 }
 
 fn container_plan(c: &Container, images: &ImageTable) -> Result<ContainerPlan, String> {
@@ -244,7 +254,11 @@ pub fn resolve_field(value: &str, pod: &PodPlan, ip: &str) -> Result<String, Str
         "status.podIP" => ip.to_owned(),
         "spec.serviceAccountName" => pod.service_account.clone(),
         "spec.nodeName" => "local".to_owned(),
-        other => return Err(format!("fieldRef {other} is not supported by the local mesh")),
+        other => {
+            return Err(format!(
+                "fieldRef {other} is not supported by the local mesh"
+            ));
+        }
     })
 }
 
@@ -403,7 +417,11 @@ mod tests {
         let reviews: Vec<_> = pods.iter().filter(|p| p.deployment == "reviews").collect();
         assert_eq!(reviews.len(), 2);
         assert_ne!(reviews[0].name, reviews[1].name);
-        assert!(reviews[0].name.starts_with(&format!("reviews-{}-", reviews[0].template_hash)));
+        assert!(
+            reviews[0]
+                .name
+                .starts_with(&format!("reviews-{}-", reviews[0].template_hash))
+        );
         assert!(reviews.iter().all(|p| p.inject));
         let c = &reviews[0].containers[0];
         assert_eq!(c.argv, ["bookinfo-reviews", "9080"]);
@@ -459,7 +477,10 @@ mod tests {
     fn pod_objects_carry_what_pilot_and_kubectl_read() {
         let images = ImageTable::builtin("/x".into());
         let (pods, _) = desired_pods(
-            &snapshot(&format!("{NS}{}", deployment("details", 1, "keel/bookinfo-details", ""))),
+            &snapshot(&format!(
+                "{NS}{}",
+                deployment("details", 1, "keel/bookinfo-details", "")
+            )),
             &images,
         );
         let states = [ContainerState {
@@ -470,7 +491,13 @@ mod tests {
             restarts: 2,
             waiting_reason: None,
         }];
-        let obj = pod_object(&pods[0], "10.88.0.7", "10.88.0.1", "2026-01-01T00:00:00Z", &states);
+        let obj = pod_object(
+            &pods[0],
+            "10.88.0.7",
+            "10.88.0.1",
+            "2026-01-01T00:00:00Z",
+            &states,
+        );
         let (res, diags) = keel_config::load::load_document(&obj, None);
         assert!(res.is_ok(), "{diags:?}");
         assert_eq!(obj["status"]["podIP"], "10.88.0.7");

@@ -221,7 +221,14 @@ fn common_attributes(
     put(bag, "connection.mtls", Value::Bool(tls_peer.is_some()));
     reporter_attributes(bag, reporter, registry);
 
-    let downstream = common.downstream_remote_address.as_ref().and_then(ip_of);
+    // The peer of the connection, not the address x-forwarded-for claims: a sidecar's
+    // inbound side does not use the remote address, so Envoy takes the client from the
+    // header, which names the gateway's client rather than the gateway.
+    let downstream = common
+        .downstream_direct_remote_address
+        .as_ref()
+        .or(common.downstream_remote_address.as_ref())
+        .and_then(ip_of);
     let upstream = common.upstream_remote_address.as_ref().and_then(ip_of);
     let cluster_host = cluster_host(&common.upstream_cluster);
     match reporter.kind {

@@ -8,5 +8,6 @@ pub mod expr;
 pub mod get;
 pub mod input;
 pub mod label;
+pub mod local;
 pub mod proxy;
 pub mod validate;

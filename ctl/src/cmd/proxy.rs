@@ -110,9 +110,13 @@ pub async fn status(
 pub struct ConfigArgs {
     /// What to show: clusters, listeners, routes, endpoints, bootstrap, all.
     pub section: String,
-    /// The proxy's admin address (host:port), e.g. 127.0.0.1:15000.
+    /// The pod whose proxy to ask, `POD` or `POD.NAMESPACE` (local mesh).
+    pub pod: Option<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// The proxy's admin address (host:port), e.g. 127.0.0.1:15000, instead of a pod.
     #[arg(long)]
-    pub admin: String,
+    pub admin: Option<String>,
     /// Output: table (default) or json.
     #[arg(short = 'o', long)]
     pub output: Option<String>,
@@ -138,6 +142,55 @@ fn dynamic(section: &Value, list: &str, inner: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// A local-mesh pod's proxy answers on 127.0.0.1:15000 inside the pod's network namespace,
+/// as on Kubernetes (where istioctl port-forwards): keelctl runs itself there to ask.
+fn in_pod(
+    args: &ConfigArgs,
+    pod: &str,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let (name, namespace) = pod
+        .split_once('.')
+        .unwrap_or((pod, args.namespace.as_str()));
+    let status = match crate::cmd::local::read_status() {
+        Ok(s) => s,
+        Err(e) => {
+            writeln!(err, "error: {e}")?;
+            return Ok(false);
+        }
+    };
+    let Some(found) = status
+        .pods
+        .iter()
+        .find(|p| p.name == name && p.namespace == namespace)
+    else {
+        writeln!(err, "error: pod {name} not found in namespace {namespace}")?;
+        return Ok(false);
+    };
+    if !found.sidecar {
+        writeln!(err, "error: pod {namespace}/{name} has no proxy")?;
+        return Ok(false);
+    }
+    let netns = format!(
+        "{}{namespace}.{name}",
+        keel_local::net::NetConfig::default().netns_prefix
+    );
+    let me = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &netns])
+        .arg(me)
+        .args(["proxy-config", &args.section, "--admin"])
+        .arg(format!("127.0.0.1:{}", keel_local::bootstrap::ADMIN_PORT));
+    if let Some(o) = &args.output {
+        cmd.args(["-o", o]);
+    }
+    let result = cmd.output()?;
+    out.write_all(&result.stdout)?;
+    err.write_all(&result.stderr)?;
+    Ok(result.status.success())
+}
+
 pub async fn config(
     args: &ConfigArgs,
     out: &mut dyn Write,
@@ -156,7 +209,18 @@ pub async fn config(
         )?;
         return Ok(false);
     }
-    let client = GalleyClient::new(&args.admin);
+    let admin = match (&args.admin, &args.pod) {
+        (Some(a), _) => a.clone(),
+        (None, Some(pod)) => return in_pod(args, pod, out, err),
+        (None, None) => {
+            writeln!(
+                err,
+                "error: name a pod (POD or POD.NAMESPACE) or give --admin HOST:PORT"
+            )?;
+            return Ok(false);
+        }
+    };
+    let client = GalleyClient::new(&admin);
     let path = if want == config_type("endpoints") {
         "/config_dump?include_eds"
     } else {
@@ -167,8 +231,7 @@ pub async fn config(
         Err(e) => {
             writeln!(
                 err,
-                "error: cannot read the proxy's config_dump at {}: {e}",
-                args.admin
+                "error: cannot read the proxy's config_dump at {admin}: {e}"
             )?;
             return Ok(false);
         }
