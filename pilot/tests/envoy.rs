@@ -541,7 +541,9 @@ fn envoy_acks_everything_and_routes_as_configured() {
             .block_on(keelctl::cmd::proxy::config(
                 &keelctl::cmd::proxy::ConfigArgs {
                     section: section.into(),
-                    admin: format!("127.0.0.1:{admin}"),
+                    pod: None,
+                    namespace: "default".into(),
+                    admin: Some(format!("127.0.0.1:{admin}")),
                     output: None,
                 },
                 &mut out,
