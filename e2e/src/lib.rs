@@ -50,9 +50,15 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn up(proxy: &str) -> Result<Mesh> {
+        Mesh::up_with_images(proxy, "images: []\n")
+    }
+
+    /// `keelctl up` with `images` as the user's image table (`$KEEL_HOME/images.yaml`).
+    pub fn up_with_images(proxy: &str, images: &str) -> Result<Mesh> {
         let home = std::env::temp_dir().join(format!("keel-e2e-{proxy}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&home);
         std::fs::create_dir_all(&home)?;
+        std::fs::write(home.join("images.yaml"), images)?;
         let mesh = Mesh {
             home,
             proxy: proxy.to_owned(),

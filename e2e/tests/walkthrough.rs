@@ -59,6 +59,40 @@ fn logged_in(gw: &str, user: &str) -> Result<Client> {
     Ok(c)
 }
 
+/// The first pod whose name starts with `prefix` (default namespace).
+fn pod_named(mesh: &Mesh, prefix: &str) -> Result<String> {
+    let status = mesh.status()?;
+    status["pods"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter().find(|p| {
+                p["namespace"] == "default"
+                    && p["name"].as_str().is_some_and(|n| n.starts_with(prefix))
+            })
+        })
+        .and_then(|p| p["name"].as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no pod {prefix}* in the status"))
+}
+
+/// `curl` run inside a pod's network namespace (what `kubectl exec POD -- curl` does): its
+/// traffic is the pod's, captured by the sidecar when there is one.
+fn curl_in_pod(pod: &str, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("keel-default.{pod}"),
+            "curl",
+            "-s",
+            "-m",
+            "10",
+        ])
+        .args(args)
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn count(page: &str, needle: &str) -> usize {
     page.matches(needle).count()
 }
@@ -99,6 +133,33 @@ fn smoke(gw: &str) -> Result<()> {
             seen.contains(&v),
             "30 pages without a route never showed {v:?}: {seen:?}"
         );
+    }
+    Ok(())
+}
+
+/// C.0 inside the mesh: names resolve in pods (short, name.ns, FQDN) and each service
+/// answers through the sidecars.
+fn smoke_in_mesh(mesh: &Mesh) -> Result<()> {
+    let pp = pod_named(mesh, "productpage-v1-")?;
+    for host in [
+        "details",
+        "details.default",
+        "details.default.svc.cluster.local",
+    ] {
+        let body = curl_in_pod(&pp, &[&format!("http://{host}:9080/details/0")])?;
+        ensure!(
+            body.contains("\"author\":\"William Shakespeare\""),
+            "details via {host}: {body}"
+        );
+    }
+    let ratings = curl_in_pod(&pp, &["http://ratings:9080/ratings/0"])?;
+    ensure!(
+        ratings == "{\"id\":0,\"ratings\":{\"Reviewer1\":5,\"Reviewer2\":4}}",
+        "ratings: {ratings}"
+    );
+    for svc in ["details", "reviews", "ratings", "productpage"] {
+        let health = curl_in_pod(&pp, &[&format!("http://{svc}:9080/health")])?;
+        ensure!(!health.is_empty(), "{svc}/health answered nothing");
     }
     Ok(())
 }
@@ -149,6 +210,21 @@ fn request_routing(mesh: &Mesh, gw: &str, net: &Path) -> Result<()> {
     ensure!(
         variant(&out.get("/productpage", &[])?.body) == Variant::V1,
         "after logout: v1"
+    );
+    // Inside the mesh, the header alone routes.
+    let pp = pod_named(mesh, "productpage-v1-")?;
+    let jason_json = curl_in_pod(
+        &pp,
+        &["-H", "end-user: jason", "http://reviews:9080/reviews/0"],
+    )?;
+    ensure!(
+        jason_json.contains("\"color\": \"black\""),
+        "reviews for end-user jason: {jason_json}"
+    );
+    let plain = curl_in_pod(&pp, &["http://reviews:9080/reviews/0"])?;
+    ensure!(
+        plain.contains("Reviewer1") && !plain.contains("rating"),
+        "reviews without the header: {plain}"
     );
     Ok(())
 }
@@ -294,6 +370,18 @@ fn fault_abort(mesh: &Mesh, gw: &str, net: &Path) -> Result<()> {
         api.body
             .contains("Sorry, product ratings are currently unavailable for this book.")
     );
+    let pp = pod_named(mesh, "productpage-v1-")?;
+    let code = |headers: &[&str]| -> Result<String> {
+        let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        args.extend_from_slice(headers);
+        args.push("http://ratings:9080/ratings/0");
+        curl_in_pod(&pp, &args)
+    };
+    ensure!(
+        code(&["-H", "end-user: jason"])? == "500",
+        "the abort inside the mesh"
+    );
+    ensure!(code(&[])? == "200", "ratings without the header");
     Ok(())
 }
 
@@ -341,6 +429,7 @@ fn walkthrough(mesh: &Mesh, dir: &Path) -> Result<()> {
     let net = dir.join("networking");
     let gw = bookinfo_up(mesh, dir)?;
     smoke(&gw)?;
+    smoke_in_mesh(mesh)?;
     request_routing(mesh, &gw, &net)?;
     fault_delay(mesh, &gw, &net)?;
     fix_with_v3(mesh, &gw)?;
@@ -659,6 +748,110 @@ fn restarts_and_rolls(mesh: &Mesh, gw: &str) -> Result<()> {
     Ok(())
 }
 
+/// A pod without a sidecar (opted out) runs a program from the user's image table and still
+/// reaches Services through their virtual IPs (the host's kube-proxy-style rules).
+fn pod_without_sidecar(mesh: &Mesh) -> Result<()> {
+    let ns = mesh
+        .keelctl(&["get", "ns", "-L", "istio-injection"])?
+        .stdout;
+    ensure!(
+        ns.lines()
+            .any(|l| l.starts_with("default") && l.trim_end().ends_with("enabled")),
+        "default is labelled for injection: {ns}"
+    );
+    let file = mesh.home.join("sleep.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: sleep}\nspec:\n  selector: {matchLabels: {app: sleep}}\n  template:\n    metadata:\n      labels: {app: sleep}\n      annotations: {sidecar.istio.io/inject: \"false\"}\n    spec:\n      containers:\n      - {name: sleep, image: e2e/sleep:1}\n",
+    )?;
+    mesh.apply(&file)?;
+    let pod = eventually("the sleep pod running", Duration::from_secs(30), || {
+        let s = mesh.status()?;
+        let found = s["pods"].as_array().and_then(|ps| {
+            ps.iter()
+                .find(|p| {
+                    p["name"].as_str().is_some_and(|n| n.starts_with("sleep-"))
+                        && p["ready"] == true
+                })
+                .cloned()
+        });
+        Ok(found)
+    })?;
+    ensure!(pod["sidecar"] == false && pod["containers"].as_array().map(Vec::len) == Some(1));
+    let name = pod["name"].as_str().unwrap_or_default().to_owned();
+    let body = eventually(
+        "details through its VIP without a sidecar",
+        Duration::from_secs(20),
+        || {
+            let b = curl_in_pod(&name, &["http://details:9080/details/0"])?;
+            Ok(b.contains("William Shakespeare").then_some(b))
+        },
+    )?;
+    ensure!(body.contains("\"id\":0"), "{body}");
+    mesh.delete(&file)?;
+    Ok(())
+}
+
+/// After the runtime is killed (no clean stop), `keelctl down` still removes everything.
+fn down_after_a_crash(proxy: &str) -> Result<()> {
+    let mesh = Mesh::up(proxy)?;
+    mesh.apply(&repo().join("samples/bookinfo/platform/kube/bookinfo.yaml"))?;
+    eventually("pods running", Duration::from_secs(60), || {
+        let s = mesh.status()?;
+        let n = s["pods"]
+            .as_array()
+            .map(|p| p.iter().filter(|p| p["ready"] == true).count())
+            .unwrap_or(0);
+        Ok((n == 7).then_some(()))
+    })?;
+    let pid = mesh.status()?["pid"].as_u64().unwrap_or(0).to_string();
+    std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()?;
+    let status = mesh.keelctl(&["status"])?;
+    ensure!(
+        !status.ok && status.stdout.contains("failed"),
+        "status after the crash: {}",
+        status.stdout
+    );
+    let down = mesh.down()?;
+    ensure!(
+        down.ok,
+        "keelctl down after a crash: {}{}",
+        down.stdout,
+        down.stderr
+    );
+    nothing_left()?;
+    // SIGKILL takes effect asynchronously; zombies (not yet reaped by init) do not count.
+    eventually(
+        "no process of the mesh left",
+        Duration::from_secs(10),
+        || Ok(mesh_processes().is_empty().then_some(())),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}", mesh_processes()))?;
+    Ok(())
+}
+
+/// Live processes of a mesh: Keel's components and Bookinfo.
+fn mesh_processes() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            pid.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            let comm = comm.trim();
+            let ours = comm.starts_with("bookinfo-") || comm.starts_with("keel-");
+            (ours && state != 'Z').then(|| format!("{pid} {comm}"))
+        })
+        .collect()
+}
+
 fn nothing_left() -> Result<()> {
     let run = |cmd: &[&str]| -> Result<String> {
         let o = std::process::Command::new(cmd[0])
@@ -684,17 +877,22 @@ fn run_all(proxy: &str) -> Result<()> {
     require_machine();
     let istio: PathBuf = shared().join("istio-samples/1.0/samples/bookinfo");
     let keel: PathBuf = repo().join("samples/bookinfo");
-    let mesh = Mesh::up(proxy)?;
+    let mesh = Mesh::up_with_images(
+        proxy,
+        "images:\n- image: e2e/sleep\n  command: [sleep, \"3600\"]\n",
+    )?;
     walkthrough(&mesh, &istio)?;
     bookinfo_down(&mesh, &istio)?;
     walkthrough(&mesh, &keel)?;
     let gw = mesh.gateway()?;
     telemetry(&mesh, &gw)?;
     restarts_and_rolls(&mesh, &gw)?;
+    pod_without_sidecar(&mesh)?;
     let down = mesh.down()?;
     ensure!(down.ok, "keelctl down: {}{}", down.stdout, down.stderr);
     drop(mesh);
-    nothing_left()
+    nothing_left()?;
+    down_after_a_crash(proxy)
 }
 
 #[test]

@@ -1462,3 +1462,70 @@ impl Args {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(dir: &Path, port: u16) -> Options {
+        Options {
+            layout: Layout::new(dir.join("local")),
+            bin_dir: dir.join("bin"),
+            data_plane: DataPlane::Keel,
+            proxy_binary: dir.join("bin/keel-proxy"),
+            net: NetConfig {
+                bridge: "keeltest9".into(),
+                ..NetConfig::default()
+            },
+            ports: Ports {
+                gateway_http: port,
+                ..Ports::default()
+            },
+            images_file: dir.join("images.yaml"),
+        }
+    }
+
+    #[test]
+    fn preflight_names_every_missing_piece_and_taken_port() {
+        let dir = std::env::temp_dir().join(format!("keel-preflight-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let problems = preflight(&options(&dir, port)).join("\n");
+        for needle in [
+            "keel-galley is not in",
+            "keel-pilot is not in",
+            "keel-mixer is not in",
+            "cargo build --bins",
+            "keel-proxy is not at",
+            "use --proxy envoy",
+            &format!("port {port} (the ingress gateway (HTTP)) is in use"),
+        ] {
+            assert!(
+                problems.contains(needle),
+                "{needle:?} missing from:\n{problems}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn data_planes_and_networks_parse() {
+        assert_eq!("envoy".parse::<DataPlane>(), Ok(DataPlane::Envoy));
+        assert!(
+            "nginx"
+                .parse::<DataPlane>()
+                .unwrap_err()
+                .contains("keel or envoy")
+        );
+        assert_eq!(
+            network_of(Ipv4Addr::new(10, 88, 0, 1), 16),
+            (Ipv4Addr::new(10, 88, 0, 0), 16)
+        );
+        assert!(mesh_namespaces().contains("istio-injection: enabled"));
+        let svc = gateway_service(&Ports::default());
+        let report = keel_config::load_str("gw.yaml", &svc, None);
+        assert!(report.is_ok(), "{:?}", report.diagnostics);
+        assert!(svc.contains("nodePort: 31380"));
+    }
+}

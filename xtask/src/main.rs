@@ -259,6 +259,7 @@ const MESH_PACKAGES: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("ip", "iproute2"),
     ("setpriv", "util-linux"),
+    ("curl", "curl"),
 ];
 
 /// Debian packages the tests run (binary name, package), installed when missing.
@@ -350,8 +351,16 @@ fn demo() -> Result<()> {
         Ok(())
     };
     keel(&["up", "--proxy", "envoy"])?;
-    keel(&["apply", "-f", "samples/bookinfo/platform/kube/bookinfo.yaml"])?;
-    keel(&["apply", "-f", "samples/bookinfo/networking/bookinfo-gateway.yaml"])?;
+    keel(&[
+        "apply",
+        "-f",
+        "samples/bookinfo/platform/kube/bookinfo.yaml",
+    ])?;
+    keel(&[
+        "apply",
+        "-f",
+        "samples/bookinfo/networking/bookinfo-gateway.yaml",
+    ])?;
     eprintln!("xtask: waiting for the product page through the gateway...");
     let deadline = Instant::now() + std::time::Duration::from_secs(120);
     loop {
@@ -359,7 +368,9 @@ fn demo() -> Result<()> {
             break;
         }
         if Instant::now() > deadline {
-            bail!("the product page did not answer within 120 s: see `target/debug/keelctl status`");
+            bail!(
+                "the product page did not answer within 120 s: see `target/debug/keelctl status`"
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
@@ -375,8 +386,7 @@ fn product_page_answers(addr: &str) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
-    if s
-        .write_all(b"GET /productpage HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+    if s.write_all(b"GET /productpage HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
         .is_err()
     {
         return false;
