@@ -1,0 +1,677 @@
+//! The HTTP connection manager: each request finds its virtual host and route, goes
+//! through the fault filter, and is forwarded to an endpoint of the route's cluster with the
+//! route's timeout and retries, or answered by a redirect or a direct response.
+//!
+//! Answers keel-proxy makes itself use Envoy's status codes and bodies (`no healthy
+//! upstream`, `upstream request timeout`, `fault filter abort`, ...), since applications and
+//! tests look for them. HTTP/1.1 downstream and upstream; requests are buffered (up to 1 MiB,
+//! as Envoy's default buffer limit) so that retries can resend them.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::Shared;
+use crate::als::HttpEntry;
+use crate::model::{
+    Balancer, Cluster, Config, Discovery, Forward, HttpManager, PathMatch, Route, RouteAction,
+    RouteSource, RouteTable, VirtualHost,
+};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+const MAX_REQUEST_BODY: usize = 1 << 20;
+const RETRY_BASE: Duration = Duration::from_millis(25);
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+fn local_reply(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    if !body.is_empty() {
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+    }
+    r
+}
+
+/// Upstream state shared by all connections: load balancer positions and connection pools.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    next: Mutex<HashMap<String, usize>>,
+    clients: Mutex<HashMap<String, Client<HttpConnector, Full<Bytes>>>>,
+}
+
+impl Upstreams {
+    /// An endpoint of `cluster`; ORIGINAL_DST clusters go where the client was going.
+    pub fn pick(
+        &self,
+        config: &Config,
+        cluster: &Cluster,
+        original_dst: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let candidates: Vec<SocketAddr> = match cluster.discovery {
+            Discovery::OriginalDst => return Some(original_dst),
+            Discovery::Eds => config
+                .endpoints
+                .get(&cluster.eds_name)
+                .map(|eps| {
+                    eps.iter()
+                        .filter_map(|e| Some(SocketAddr::new(e.host.parse().ok()?, e.port)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Discovery::Static | Discovery::StrictDns => cluster
+                .hosts
+                .iter()
+                .filter_map(|(h, p)| Some(SocketAddr::new(h.parse().ok()?, *p)))
+                .collect(),
+        };
+        if candidates.is_empty() {
+            return None;
+        }
+        let i = match cluster.balancer {
+            Balancer::Random => (crate::random_u64() % candidates.len() as u64) as usize,
+            Balancer::RoundRobin => {
+                let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+                let n = next.entry(cluster.name.clone()).or_insert(0);
+                let i = *n % candidates.len();
+                *n = n.wrapping_add(1);
+                i
+            }
+        };
+        candidates.get(i).copied()
+    }
+
+    fn client(&self, cluster: &Cluster) -> Client<HttpConnector, Full<Bytes>> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(cluster.name.clone())
+            .or_insert_with(|| {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(cluster.connect_timeout));
+                connector.set_nodelay(true);
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .build(connector)
+            })
+            .clone()
+    }
+}
+
+/// Serves one downstream connection (HTTP/1.1, keep-alive).
+pub async fn serve_connection(
+    shared: Arc<Shared>,
+    hcm: Arc<HttpManager>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        let hcm = hcm.clone();
+        async move { Ok::<_, Infallible>(handle(shared, hcm, req, peer, local).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "downstream connection ended with an error");
+    }
+}
+
+/// The virtual host for `host` (lower-case): exact domain, then the longest `*.suffix`,
+/// then the longest `prefix*`, then `*` — Envoy's order.
+pub fn virtual_host<'a>(table: &'a RouteTable, host: &str) -> Option<&'a VirtualHost> {
+    let host = host.to_ascii_lowercase();
+    let mut best_suffix: Option<(&VirtualHost, usize)> = None;
+    let mut best_prefix: Option<(&VirtualHost, usize)> = None;
+    let mut any = None;
+    for vh in &table.virtual_hosts {
+        for d in &vh.domains {
+            if *d == host {
+                return Some(vh);
+            }
+            if d == "*" {
+                any.get_or_insert(vh);
+            } else if let Some(suffix) = d.strip_prefix('*') {
+                if host.ends_with(suffix)
+                    && host.len() > suffix.len()
+                    && best_suffix.is_none_or(|(_, n)| suffix.len() > n)
+                {
+                    best_suffix = Some((vh, suffix.len()));
+                }
+            } else if let Some(prefix) = d.strip_suffix('*')
+                && host.starts_with(prefix)
+                && host.len() > prefix.len()
+                && best_prefix.is_none_or(|(_, n)| prefix.len() > n)
+            {
+                best_prefix = Some((vh, prefix.len()));
+            }
+        }
+    }
+    best_suffix.or(best_prefix).map(|(v, _)| v).or(any)
+}
+
+fn header_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let first = values.next()?;
+    match values.next() {
+        None => Some(std::borrow::Cow::Borrowed(first)),
+        Some(second) => {
+            let mut joined = format!("{first},{second}");
+            for v in values {
+                joined.push(',');
+                joined.push_str(v);
+            }
+            Some(std::borrow::Cow::Owned(joined))
+        }
+    }
+}
+
+fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// The first route of `vh` that matches the request.
+pub fn route_for<'a>(
+    vh: &'a VirtualHost,
+    path_and_query: &str,
+    headers: &HeaderMap,
+) -> Option<&'a Route> {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    vh.routes.iter().find(|r| {
+        let m = &r.matcher;
+        let path_ok = match &m.path {
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Regex(re) => re.matches(path),
+        };
+        path_ok
+            && m.headers.iter().all(|h| {
+                let v = if h.name == ":authority" {
+                    header_value(headers, "host")
+                } else {
+                    header_value(headers, &h.name)
+                };
+                h.matches(v.as_deref())
+            })
+            && m.query.iter().all(
+                |(name, matcher)| match (query_value(query, name), matcher) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(v), Some(mt)) => mt.matches(v),
+                },
+            )
+    })
+}
+
+fn hit(fraction: crate::model::Fraction) -> bool {
+    fraction.0 >= 1_000_000 || (crate::random_u64() % 1_000_000) < u64::from(fraction.0)
+}
+
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+fn request_id() -> String {
+    let a = crate::random_u64();
+    let b = crate::random_u64();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0x0fff,
+        (b >> 48) & 0x3fff | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    hcm: Arc<HttpManager>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Response<Body> {
+    let started = Instant::now();
+    let start_time = SystemTime::now();
+    shared.stats.downstream_rq.inc();
+    let config = shared.config.borrow().clone();
+    let (mut parts, body) = req.into_parts();
+    // Request headers every proxy sets (Envoy: x-request-id, x-forwarded-proto; at the edge
+    // also x-forwarded-for).
+    if !parts.headers.contains_key("x-request-id")
+        && let Ok(v) = HeaderValue::from_str(&request_id())
+    {
+        parts.headers.insert("x-request-id", v);
+    }
+    if !parts.headers.contains_key("x-forwarded-proto") {
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if hcm.use_remote_address {
+        let xff = match header_value(&parts.headers, "x-forwarded-for") {
+            Some(v) => format!("{v},{}", peer.ip()),
+            None => peer.ip().to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+    }
+    let host = parts
+        .headers
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let mut entry = HttpEntry {
+        start_time,
+        duration: Duration::ZERO,
+        method: parts.method.to_string(),
+        path: path_and_query.clone(),
+        authority: host.clone(),
+        request_headers: parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        status: 0,
+        request_bytes: 0,
+        response_bytes: 0,
+        upstream_cluster: String::new(),
+        upstream_address: None,
+        downstream_remote: peer,
+        downstream_local: local,
+    };
+    let table = match &hcm.routes {
+        RouteSource::Inline(t) => Some(t.clone()),
+        RouteSource::Rds(name) => config.routes.get(name).cloned(),
+    };
+    let response = match table
+        .as_deref()
+        .and_then(|t| virtual_host(t, &host))
+        .and_then(|vh| route_for(vh, &path_and_query, &parts.headers))
+    {
+        None => {
+            shared.stats.no_route.inc();
+            local_reply(StatusCode::NOT_FOUND, "")
+        }
+        Some(route) => {
+            let route = route.clone();
+            route_request(&shared, &config, &route, parts, body, local, &mut entry).await
+        }
+    };
+    entry.status = response.status().as_u16();
+    entry.response_bytes = response
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    entry.duration = started.elapsed();
+    shared
+        .stats
+        .observe_response(entry.status, &entry.upstream_cluster);
+    if let Some(sink) = &hcm.access_log {
+        shared.access_logs.log_http(sink, entry);
+    }
+    response
+}
+
+async fn route_request(
+    shared: &Shared,
+    config: &Config,
+    route: &Route,
+    mut parts: hyper::http::request::Parts,
+    body: Incoming,
+    local: SocketAddr,
+    entry: &mut HttpEntry,
+) -> Response<Body> {
+    if let Some(fault) = &route.fault {
+        if let Some((delay, fraction)) = fault.delay
+            && hit(fraction)
+        {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some((status, fraction)) = fault.abort
+            && hit(fraction)
+        {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return local_reply(status, "fault filter abort");
+        }
+    }
+    let forward = match &route.action {
+        RouteAction::Direct { status, body } => {
+            let mut r = Response::new(full(body.clone()));
+            *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            return r;
+        }
+        RouteAction::Redirect { host, path, status } => {
+            let host = host.clone().unwrap_or_else(|| entry.authority.clone());
+            let path = path.clone().unwrap_or_else(|| entry.path.clone());
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() =
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            if let Ok(v) = HeaderValue::from_str(&format!("http://{host}{path}")) {
+                r.headers_mut().insert(hyper::header::LOCATION, v);
+            }
+            return r;
+        }
+        RouteAction::Forward(f) => f,
+    };
+    let cluster_name = pick_weighted(&forward.clusters);
+    entry.upstream_cluster = cluster_name.clone();
+    let Some(cluster) = config.clusters.get(&cluster_name).cloned() else {
+        return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+    };
+    let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
+    };
+    entry.request_bytes = body.len() as u64;
+    for h in HOP_BY_HOP {
+        parts.headers.remove(h);
+    }
+    for h in &route.request_headers_to_remove {
+        parts.headers.remove(h.as_str());
+    }
+    for (k, v) in &route.request_headers_to_add {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+            parts.headers.insert(k, v);
+        }
+    }
+    if let Some(h) = &forward.host_rewrite
+        && let Ok(v) = HeaderValue::from_str(h)
+    {
+        parts.headers.insert(hyper::header::HOST, v);
+    }
+    let path = rewrite(&entry.path, route, forward);
+    let attempt = forward_with_retries(
+        shared, config, &cluster, forward, &parts, &path, body, local, entry,
+    );
+    let mut response = match forward.timeout {
+        Some(t) => match tokio::time::timeout(t, attempt).await {
+            Ok(r) => r,
+            Err(_) => {
+                shared.stats.upstream_timeouts.inc();
+                local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+            }
+        },
+        None => attempt.await,
+    };
+    for h in HOP_BY_HOP {
+        response.headers_mut().remove(h);
+    }
+    for h in &route.response_headers_to_remove {
+        response.headers_mut().remove(h.as_str());
+    }
+    for (k, v) in &route.response_headers_to_add {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+            response.headers_mut().insert(k, v);
+        }
+    }
+    response
+}
+
+fn rewrite(path: &str, route: &Route, forward: &Forward) -> String {
+    match (&forward.prefix_rewrite, &route.matcher.path) {
+        (Some(new), PathMatch::Prefix(old)) if path.starts_with(old.as_str()) => {
+            format!("{new}{}", &path[old.len()..])
+        }
+        (Some(new), PathMatch::Exact(_)) => {
+            let query = path
+                .split_once('?')
+                .map(|(_, q)| format!("?{q}"))
+                .unwrap_or_default();
+            format!("{new}{query}")
+        }
+        _ => path.to_owned(),
+    }
+}
+
+/// One cluster of a weighted list, by weight.
+pub fn pick_weighted(clusters: &[(String, u32)]) -> String {
+    let total: u64 = clusters.iter().map(|(_, w)| u64::from(*w)).sum();
+    if clusters.len() == 1 || total == 0 {
+        return clusters.first().map(|(c, _)| c.clone()).unwrap_or_default();
+    }
+    let mut n = crate::random_u64() % total;
+    for (c, w) in clusters {
+        if n < u64::from(*w) {
+            return c.clone();
+        }
+        n -= u64::from(*w);
+    }
+    clusters.last().map(|(c, _)| c.clone()).unwrap_or_default()
+}
+
+enum Attempt {
+    Response(Response<Incoming>),
+    ConnectFailure,
+    Reset,
+    Timeout,
+    NoEndpoint,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward_with_retries(
+    shared: &Shared,
+    config: &Config,
+    cluster: &Cluster,
+    forward: &Forward,
+    parts: &hyper::http::request::Parts,
+    path: &str,
+    body: Bytes,
+    local: SocketAddr,
+    entry: &mut HttpEntry,
+) -> Response<Body> {
+    let client = shared.upstreams.client(cluster);
+    let retries = forward.retry.as_ref().map(|r| r.num_retries).unwrap_or(0);
+    let mut tries = 0;
+    loop {
+        let outcome = match shared.upstreams.pick(config, cluster, local) {
+            None => Attempt::NoEndpoint,
+            Some(addr) => {
+                entry.upstream_address = Some(addr);
+                let uri = format!("http://{addr}{path}");
+                let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
+                for (k, v) in &parts.headers {
+                    builder = builder.header(k, v);
+                }
+                match builder.body(Full::new(body.clone())) {
+                    Err(_) => return local_reply(StatusCode::BAD_REQUEST, "bad request"),
+                    Ok(up) => {
+                        shared.stats.upstream_rq.inc();
+                        let sent = client.request(up);
+                        let result = match forward.retry.as_ref().and_then(|r| r.per_try_timeout) {
+                            Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
+                            None => Ok(sent.await),
+                        };
+                        match result {
+                            Err(()) => Attempt::Timeout,
+                            Ok(Ok(r)) => Attempt::Response(r),
+                            Ok(Err(e)) if e.is_connect() => Attempt::ConnectFailure,
+                            Ok(Err(_)) => Attempt::Reset,
+                        }
+                    }
+                }
+            }
+        };
+        let retry_policy = forward.retry.as_ref();
+        let retryable = match (&outcome, retry_policy) {
+            (_, None) | (Attempt::NoEndpoint, _) => false,
+            (Attempt::Response(r), Some(p)) => {
+                let s = r.status().as_u16();
+                (p.on_5xx && s >= 500) || (p.on_gateway_error && (502..=504).contains(&s))
+            }
+            (Attempt::ConnectFailure, Some(p)) => {
+                p.on_5xx || p.on_gateway_error || p.on_connect_failure
+            }
+            (Attempt::Reset | Attempt::Timeout, Some(p)) => p.on_5xx || p.on_gateway_error,
+        };
+        if retryable && tries < retries {
+            tries += 1;
+            shared.stats.upstream_retries.inc();
+            let backoff = RETRY_BASE * (1 << tries.min(4));
+            tokio::time::sleep(
+                backoff / 2
+                    + Duration::from_millis(
+                        crate::random_u64() % (backoff.as_millis() as u64 / 2 + 1),
+                    ),
+            )
+            .await;
+            continue;
+        }
+        return match outcome {
+            Attempt::Response(r) => r.map(|b| b.boxed()),
+            Attempt::NoEndpoint => {
+                local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
+            }
+            Attempt::ConnectFailure => {
+                shared.stats.upstream_cx_fail.inc();
+                local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                )
+            }
+            Attempt::Reset => local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+            ),
+            Attempt::Timeout => {
+                shared.stats.upstream_timeouts.inc();
+                local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HeaderMatch, Matcher, RouteMatch};
+
+    fn vh(name: &str, domains: &[&str]) -> VirtualHost {
+        VirtualHost {
+            name: name.into(),
+            domains: domains.iter().map(|d| (*d).to_owned()).collect(),
+            routes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn virtual_hosts_match_in_envoys_order() {
+        let t = RouteTable {
+            name: "9080".into(),
+            virtual_hosts: vec![
+                vh("any", &["*"]),
+                vh("wild", &["*.default.svc.cluster.local"]),
+                vh(
+                    "reviews",
+                    &[
+                        "reviews",
+                        "reviews:9080",
+                        "reviews.default.svc.cluster.local",
+                    ],
+                ),
+                vh("pre", &["rev*"]),
+            ],
+        };
+        let name = |h: &str| virtual_host(&t, h).map(|v| v.name.clone());
+        assert_eq!(name("reviews:9080").as_deref(), Some("reviews"));
+        assert_eq!(name("REVIEWS").as_deref(), Some("reviews"));
+        assert_eq!(
+            name("ratings.default.svc.cluster.local").as_deref(),
+            Some("wild")
+        );
+        assert_eq!(name("revolver").as_deref(), Some("pre"));
+        assert_eq!(name("example.com").as_deref(), Some("any"));
+    }
+
+    fn route(path: PathMatch, headers: Vec<HeaderMatch>) -> Route {
+        Route {
+            matcher: RouteMatch {
+                path,
+                headers,
+                query: vec![("q".into(), None)],
+            },
+            action: RouteAction::Direct {
+                status: 200,
+                body: String::new(),
+            },
+            fault: None,
+            request_headers_to_add: vec![],
+            request_headers_to_remove: vec![],
+            response_headers_to_add: vec![],
+            response_headers_to_remove: vec![],
+        }
+    }
+
+    #[test]
+    fn routes_match_path_headers_and_query() {
+        let mut v = vh("v", &["*"]);
+        v.routes.push(route(
+            PathMatch::Prefix("/api".into()),
+            vec![HeaderMatch {
+                name: "end-user".into(),
+                matcher: Some(Matcher::Exact("jason".into())),
+                invert: false,
+            }],
+        ));
+        let mut headers = HeaderMap::new();
+        assert!(route_for(&v, "/api/x?q=1", &headers).is_none(), "no header");
+        headers.insert("end-user", HeaderValue::from_static("jason"));
+        assert!(route_for(&v, "/api/x?q=1", &headers).is_some());
+        assert!(
+            route_for(&v, "/api/x", &headers).is_none(),
+            "query parameter missing"
+        );
+        assert!(route_for(&v, "/other?q", &headers).is_none());
+    }
+
+    #[test]
+    fn weights_split_and_request_ids_look_like_uuids() {
+        let list = vec![("a".to_owned(), 50), ("b".to_owned(), 50)];
+        let a = (0..1000).filter(|_| pick_weighted(&list) == "a").count();
+        assert!((350..650).contains(&a), "{a}");
+        assert_eq!(pick_weighted(&[("only".into(), 0)]), "only");
+        let id = request_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(id.matches('-').count(), 4);
+    }
+}

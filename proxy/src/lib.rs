@@ -1,0 +1,104 @@
+//! keel-proxy: the sidecar and gateway written in Rust, fed by the same xDS pilot sends to
+//! Envoy.
+//!
+//! - [`model`]: xDS resources -> immutable config values (pure; refusals become NACKs).
+//! - [`xds`]: the ADS subscription; each accepted state becomes one [`model::Config`],
+//!   published whole on a watch channel.
+//! - [`listen`]: binds the bound listeners, hands captured connections to the listener of
+//!   their original destination, proxies TCP.
+//! - [`http`]: the HTTP connection manager: virtual hosts, routes, faults, retries,
+//!   timeouts, load balancing, upstream pools.
+//! - [`als`]: access logs to the gRPC access log service (mixer).
+//! - [`admin`]: `/ready`, `/config_dump`, `/stats/prometheus`, `/clusters`.
+
+pub mod admin;
+pub mod als;
+pub mod bootstrap;
+pub mod http;
+pub mod listen;
+pub mod model;
+pub mod stats;
+pub mod xds;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+/// keel-proxy's command line.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "keel-proxy", about = "Keel's sidecar and gateway")]
+pub struct Args {
+    /// The Envoy-style bootstrap (JSON) to start from.
+    #[arg(long, short = 'c')]
+    pub bootstrap: PathBuf,
+    /// Worker threads (Envoy's --concurrency).
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Bootstrap(#[from] bootstrap::BootstrapError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What every part of the running proxy shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub bootstrap: bootstrap::Bootstrap,
+    pub config: watch::Receiver<Arc<model::Config>>,
+    /// The raw accepted xDS state, for `/config_dump`.
+    pub xds: watch::Receiver<Arc<keel_xds::client::ClientState>>,
+    pub upstreams: http::Upstreams,
+    pub stats: stats::Stats,
+    pub access_logs: als::AccessLogs,
+}
+
+/// Runs the proxy until SIGTERM or SIGINT.
+pub async fn run(args: Args) -> Result<(), ProxyError> {
+    let boot = bootstrap::Bootstrap::load(&args.bootstrap)?;
+    let (xds_state, config) = xds::subscribe(&boot);
+    let shared = Arc::new(Shared {
+        access_logs: als::AccessLogs::new(boot.node_id.clone(), config.clone()),
+        bootstrap: boot,
+        config,
+        xds: xds_state,
+        upstreams: http::Upstreams::default(),
+        stats: stats::Stats::default(),
+    });
+    let admin = admin::start(shared.clone()).await?;
+    let listeners = tokio::spawn(listen::manage(shared.clone()));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| ProxyError::Bind {
+            addr: shared.bootstrap.admin,
+            what: "SIGTERM handler",
+            source,
+        })?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping");
+    listeners.abort();
+    for a in admin {
+        a.abort();
+    }
+    Ok(())
+}
+
+/// A cheap random number (fault percentages, weights, request ids): std's per-instance
+/// random hash keys, no dependency.
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x9e37_79b9_7f4a_7c15);
+    h.finish()
+}

@@ -1,0 +1,1033 @@
+//! keel-proxy's configuration: Envoy xDS resources turned into plain, immutable Rust values
+//! the data path reads without decoding anything. Pure; every conversion either gives the
+//! value or says why not (`resource: field: reason`), which becomes the NACK's detail. A
+//! field keel-proxy does not implement is refused, never ignored.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
+use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType as AccessLogConfig;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as PbCluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, LbPolicy,
+};
+use envoy_types::pb::envoy::config::core::v3::address::Address as PbAddressKind;
+use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::Address as PbAddress;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::listener::v3::Listener as PbListener;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{
+    HeaderMatcher, Route as PbRoute, RouteConfiguration,
+};
+use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
+    CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
+};
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy as PbTcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpClusterSpecifier;
+use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
+use prost::{Message, Name};
+
+pub const HCM: &str = "envoy.filters.network.http_connection_manager";
+pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+pub const CORS_FILTER: &str = "envoy.filters.http.cors";
+pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
+
+/// Why a resource was refused: the NACK's detail.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{resource}: {field}: {reason}")]
+pub struct Refused {
+    pub resource: String,
+    pub field: String,
+    pub reason: String,
+}
+
+fn refuse(resource: &str, field: &str, reason: impl Into<String>) -> Refused {
+    Refused {
+        resource: resource.to_owned(),
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn unsupported(resource: &str, field: &str) -> Refused {
+    refuse(resource, field, "not supported by keel-proxy yet")
+}
+
+fn decode<M: Message + Name + Default>(
+    any: &Any,
+    resource: &str,
+    field: &str,
+) -> Result<M, Refused> {
+    if any.type_url != M::type_url() {
+        return Err(refuse(
+            resource,
+            field,
+            format!("expected {}, got {}", M::type_url(), any.type_url),
+        ));
+    }
+    M::decode(any.value.as_slice())
+        .map_err(|e| refuse(resource, field, format!("cannot decode: {e}")))
+}
+
+fn duration(d: &PbDuration) -> Duration {
+    Duration::new(
+        u64::try_from(d.seconds).unwrap_or(0),
+        u32::try_from(d.nanos).unwrap_or(0),
+    )
+}
+
+/// A share of requests, in millionths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fraction(pub u32);
+
+impl Fraction {
+    pub const ALL: Fraction = Fraction(1_000_000);
+
+    fn from_pb(p: Option<&FractionalPercent>) -> Fraction {
+        let Some(p) = p else { return Fraction::ALL };
+        let scale = match p.denominator {
+            0 => 10_000,
+            1 => 100,
+            _ => 1,
+        };
+        Fraction(p.numerator.saturating_mul(scale).min(1_000_000))
+    }
+}
+
+// ---- listeners ----------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Envoy's `bind_to_port` (true unless set false): a virtual listener only receives
+    /// connections handed over by an original-destination listener.
+    pub bind: bool,
+    /// Hand each accepted connection to the listener of its original destination.
+    pub use_original_dst: bool,
+    pub filter: NetworkFilter,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum NetworkFilter {
+    Http(Arc<HttpManager>),
+    Tcp(TcpProxy),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpManager {
+    pub stat_prefix: String,
+    pub routes: RouteSource,
+    /// Whether the connection's peer is the client (edge), rather than x-forwarded-for.
+    pub use_remote_address: bool,
+    pub access_log: Option<AccessLogSink>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RouteSource {
+    /// A route configuration by name, from RDS.
+    Rds(String),
+    Inline(Arc<RouteTable>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TcpProxy {
+    pub stat_prefix: String,
+    pub cluster: String,
+    pub access_log: Option<AccessLogSink>,
+}
+
+/// A gRPC access log service (ALS) destination.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccessLogSink {
+    pub log_name: String,
+    pub cluster: String,
+    pub flush_interval: Duration,
+    pub buffer_bytes: u32,
+    pub request_headers: Vec<String>,
+}
+
+fn socket_address(
+    a: Option<&PbAddress>,
+    resource: &str,
+    field: &str,
+) -> Result<SocketAddr, Refused> {
+    let Some(PbAddressKind::SocketAddress(sa)) = a.and_then(|a| a.address.as_ref()) else {
+        return Err(refuse(
+            resource,
+            field,
+            "only socket addresses are supported",
+        ));
+    };
+    let port = match sa.port_specifier {
+        Some(PortSpecifier::PortValue(p)) => {
+            u16::try_from(p).map_err(|_| refuse(resource, field, "port out of range"))?
+        }
+        _ => return Err(refuse(resource, field, "named ports are not supported")),
+    };
+    let ip = sa.address.parse().map_err(|_| {
+        refuse(
+            resource,
+            field,
+            format!("\"{}\" is not an IP address", sa.address),
+        )
+    })?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn access_log(
+    logs: &[AccessLog],
+    resource: &str,
+    field: &str,
+    http: bool,
+) -> Result<Option<AccessLogSink>, Refused> {
+    let mut sink = None;
+    for (i, log) in logs.iter().enumerate() {
+        let field = format!("{field}[{i}]");
+        if log.filter.is_some() {
+            return Err(unsupported(resource, &format!("{field}.filter")));
+        }
+        let Some(AccessLogConfig::TypedConfig(any)) = &log.config_type else {
+            return Err(refuse(resource, &field, "no typed_config"));
+        };
+        let (common, headers): (Option<CommonGrpcAccessLogConfig>, Vec<String>) = if http {
+            let c: HttpGrpcAccessLogConfig = decode(any, resource, &field)?;
+            (c.common_config, c.additional_request_headers_to_log)
+        } else {
+            let c: TcpGrpcAccessLogConfig = decode(any, resource, &field)?;
+            (c.common_config, Vec::new())
+        };
+        let common = common.ok_or_else(|| refuse(resource, &field, "no common_config"))?;
+        let cluster = match common
+            .grpc_service
+            .as_ref()
+            .and_then(|g| g.target_specifier.as_ref())
+        {
+            Some(TargetSpecifier::EnvoyGrpc(e)) => e.cluster_name.clone(),
+            _ => {
+                return Err(refuse(
+                    resource,
+                    &format!("{field}.grpc_service"),
+                    "only envoy_grpc is supported",
+                ));
+            }
+        };
+        if sink.is_some() {
+            return Err(refuse(resource, &field, "more than one access log"));
+        }
+        sink = Some(AccessLogSink {
+            log_name: common.log_name,
+            cluster,
+            flush_interval: common
+                .buffer_flush_interval
+                .as_ref()
+                .map(duration)
+                .unwrap_or(Duration::from_secs(1)),
+            buffer_bytes: common
+                .buffer_size_bytes
+                .map(|v| v.value)
+                .unwrap_or(16 * 1024),
+            request_headers: headers,
+        });
+    }
+    Ok(sink)
+}
+
+pub fn listener(l: &PbListener) -> Result<Listener, Refused> {
+    let name = l.name.as_str();
+    let address = socket_address(l.address.as_ref(), name, "address")?;
+    if !l.listener_filters.is_empty() {
+        return Err(unsupported(name, "listener_filters"));
+    }
+    let [chain] = l.filter_chains.as_slice() else {
+        return Err(refuse(
+            name,
+            "filter_chains",
+            "exactly one filter chain is supported",
+        ));
+    };
+    if chain.filter_chain_match.is_some() {
+        return Err(unsupported(name, "filter_chains[0].filter_chain_match"));
+    }
+    if chain.transport_socket.is_some() {
+        return Err(unsupported(name, "filter_chains[0].transport_socket"));
+    }
+    let [filter] = chain.filters.as_slice() else {
+        return Err(refuse(
+            name,
+            "filter_chains[0].filters",
+            "exactly one network filter is supported",
+        ));
+    };
+    let Some(FilterConfig::TypedConfig(any)) = &filter.config_type else {
+        return Err(refuse(
+            name,
+            "filter_chains[0].filters[0]",
+            "no typed_config",
+        ));
+    };
+    let field = "filter_chains[0].filters[0].typed_config";
+    let filter = if any.type_url == HttpConnectionManager::type_url() {
+        NetworkFilter::Http(Arc::new(http_manager(
+            &decode::<HttpConnectionManager>(any, name, field)?,
+            name,
+        )?))
+    } else if any.type_url == PbTcpProxy::type_url() {
+        let t: PbTcpProxy = decode(any, name, field)?;
+        let cluster = match t.cluster_specifier {
+            Some(TcpClusterSpecifier::Cluster(c)) => c,
+            _ => return Err(unsupported(name, &format!("{field}.weighted_clusters"))),
+        };
+        if t.idle_timeout.is_some() || t.max_connect_attempts.is_some() {
+            return Err(unsupported(name, &format!("{field}.idle_timeout")));
+        }
+        NetworkFilter::Tcp(TcpProxy {
+            stat_prefix: t.stat_prefix,
+            cluster,
+            access_log: access_log(&t.access_log, name, &format!("{field}.access_log"), false)?,
+        })
+    } else {
+        return Err(refuse(
+            name,
+            field,
+            format!("network filter {} is not supported", any.type_url),
+        ));
+    };
+    Ok(Listener {
+        name: name.to_owned(),
+        address,
+        bind: l.bind_to_port.as_ref().is_none_or(|b| b.value),
+        use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
+        filter,
+    })
+}
+
+fn http_manager(m: &HttpConnectionManager, name: &str) -> Result<HttpManager, Refused> {
+    let field = "filter_chains[0].filters[0].typed_config";
+    for (i, f) in m.http_filters.iter().enumerate() {
+        if ![FAULT_FILTER, CORS_FILTER, ROUTER_FILTER].contains(&f.name.as_str()) {
+            return Err(refuse(
+                name,
+                &format!("{field}.http_filters[{i}]"),
+                format!("HTTP filter {} is not supported", f.name),
+            ));
+        }
+    }
+    let routes = match &m.route_specifier {
+        Some(RouteSpecifier::Rds(r)) => RouteSource::Rds(r.route_config_name.clone()),
+        Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Inline(Arc::new(route_table(rc)?)),
+        _ => return Err(unsupported(name, &format!("{field}.route_specifier"))),
+    };
+    Ok(HttpManager {
+        stat_prefix: m.stat_prefix.clone(),
+        routes,
+        use_remote_address: m.use_remote_address.as_ref().is_some_and(|b| b.value),
+        access_log: access_log(&m.access_log, name, &format!("{field}.access_log"), true)?,
+    })
+}
+
+// ---- routes -------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteTable {
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    pub matcher: RouteMatch,
+    pub action: RouteAction,
+    pub fault: Option<Fault>,
+    pub request_headers_to_add: Vec<(String, String)>,
+    pub request_headers_to_remove: Vec<String>,
+    pub response_headers_to_add: Vec<(String, String)>,
+    pub response_headers_to_remove: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex(Matcher),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    pub headers: Vec<HeaderMatch>,
+    pub query: Vec<(String, Option<Matcher>)>,
+}
+
+/// A compiled string matcher.
+#[derive(Clone, Debug)]
+pub enum Matcher {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    Regex(regex::Regex),
+}
+
+impl PartialEq for Matcher {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Matcher::Exact(a), Matcher::Exact(b))
+            | (Matcher::Prefix(a), Matcher::Prefix(b))
+            | (Matcher::Suffix(a), Matcher::Suffix(b))
+            | (Matcher::Contains(a), Matcher::Contains(b)) => a == b,
+            (Matcher::Regex(a), Matcher::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+impl Matcher {
+    pub fn matches(&self, s: &str) -> bool {
+        match self {
+            Matcher::Exact(x) => s == x,
+            Matcher::Prefix(x) => s.starts_with(x.as_str()),
+            Matcher::Suffix(x) => s.ends_with(x.as_str()),
+            Matcher::Contains(x) => s.contains(x.as_str()),
+            Matcher::Regex(r) => r.is_match(s),
+        }
+    }
+}
+
+fn full_regex(pattern: &str, resource: &str, field: &str) -> Result<regex::Regex, Refused> {
+    // Envoy's safe_regex matches the whole value.
+    regex::Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| refuse(resource, field, format!("invalid regex: {e}")))
+}
+
+fn string_matcher(m: &StringMatcher, resource: &str, field: &str) -> Result<Matcher, Refused> {
+    if m.ignore_case {
+        return Err(unsupported(resource, &format!("{field}.ignore_case")));
+    }
+    Ok(match &m.match_pattern {
+        Some(MatchPattern::Exact(s)) => Matcher::Exact(s.clone()),
+        Some(MatchPattern::Prefix(s)) => Matcher::Prefix(s.clone()),
+        Some(MatchPattern::Suffix(s)) => Matcher::Suffix(s.clone()),
+        Some(MatchPattern::Contains(s)) => Matcher::Contains(s.clone()),
+        Some(MatchPattern::SafeRegex(r)) => Matcher::Regex(full_regex(&r.regex, resource, field)?),
+        _ => return Err(unsupported(resource, field)),
+    })
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeaderMatch {
+    /// Lower-case.
+    pub name: String,
+    /// `None`: present.
+    pub matcher: Option<Matcher>,
+    pub invert: bool,
+}
+
+impl HeaderMatch {
+    pub fn matches(&self, value: Option<&str>) -> bool {
+        let hit = match (&self.matcher, value) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(m), Some(v)) => m.matches(v),
+        };
+        hit != self.invert
+    }
+}
+
+// The deprecated header matchers are still valid xDS; Envoy accepts them, so do we.
+#[allow(deprecated)]
+fn header_match(h: &HeaderMatcher, resource: &str, field: &str) -> Result<HeaderMatch, Refused> {
+    let matcher = match &h.header_match_specifier {
+        Some(HeaderMatchSpecifier::StringMatch(m)) => Some(string_matcher(m, resource, field)?),
+        Some(HeaderMatchSpecifier::PresentMatch(true)) => None,
+        Some(HeaderMatchSpecifier::ExactMatch(s)) => Some(Matcher::Exact(s.clone())),
+        Some(HeaderMatchSpecifier::PrefixMatch(s)) => Some(Matcher::Prefix(s.clone())),
+        Some(HeaderMatchSpecifier::SuffixMatch(s)) => Some(Matcher::Suffix(s.clone())),
+        Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => {
+            Some(Matcher::Regex(full_regex(&r.regex, resource, field)?))
+        }
+        None => None,
+        _ => return Err(unsupported(resource, field)),
+    };
+    Ok(HeaderMatch {
+        name: h.name.to_ascii_lowercase(),
+        matcher,
+        invert: h.invert_match,
+    })
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RouteAction {
+    Forward(Forward),
+    Redirect {
+        host: Option<String>,
+        path: Option<String>,
+        status: u16,
+    },
+    Direct {
+        status: u16,
+        body: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Forward {
+    /// Clusters with weights; one with weight 1 when the route names a single cluster.
+    pub clusters: Vec<(String, u32)>,
+    /// None: no timeout (Envoy's 0).
+    pub timeout: Option<Duration>,
+    pub retry: Option<Retry>,
+    pub prefix_rewrite: Option<String>,
+    pub host_rewrite: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Retry {
+    pub on_5xx: bool,
+    pub on_gateway_error: bool,
+    pub on_connect_failure: bool,
+    pub num_retries: u32,
+    pub per_try_timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fault {
+    pub delay: Option<(Duration, Fraction)>,
+    pub abort: Option<(u16, Fraction)>,
+}
+
+fn fault(f: &HttpFault, resource: &str, field: &str) -> Result<Fault, Refused> {
+    if !f.headers.is_empty() || !f.upstream_cluster.is_empty() || !f.downstream_nodes.is_empty() {
+        return Err(unsupported(resource, &format!("{field}.headers")));
+    }
+    let delay = match &f.delay {
+        None => None,
+        Some(d) => match &d.fault_delay_secifier {
+            Some(FaultDelaySecifier::FixedDelay(fd)) => {
+                Some((duration(fd), Fraction::from_pb(d.percentage.as_ref())))
+            }
+            _ => return Err(unsupported(resource, &format!("{field}.delay"))),
+        },
+    };
+    let abort = match &f.abort {
+        None => None,
+        Some(a) => match &a.error_type {
+            Some(ErrorType::HttpStatus(s)) => Some((
+                u16::try_from(*s).map_err(|_| {
+                    refuse(
+                        resource,
+                        &format!("{field}.abort.http_status"),
+                        "out of range",
+                    )
+                })?,
+                Fraction::from_pb(a.percentage.as_ref()),
+            )),
+            _ => return Err(unsupported(resource, &format!("{field}.abort"))),
+        },
+    };
+    Ok(Fault { delay, abort })
+}
+
+fn headers_to_add(
+    list: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption],
+) -> Vec<(String, String)> {
+    list.iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| (h.key.to_ascii_lowercase(), h.value.clone()))
+        .collect()
+}
+
+fn route(r: &PbRoute, resource: &str, field: &str) -> Result<Route, Refused> {
+    let m = r
+        .r#match
+        .as_ref()
+        .ok_or_else(|| refuse(resource, field, "no match"))?;
+    if m.case_sensitive.as_ref().is_some_and(|b| !b.value) {
+        return Err(unsupported(
+            resource,
+            &format!("{field}.match.case_sensitive"),
+        ));
+    }
+    let path = match &m.path_specifier {
+        Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
+        Some(PathSpecifier::Path(p)) => PathMatch::Exact(p.clone()),
+        Some(PathSpecifier::SafeRegex(r)) => {
+            PathMatch::Regex(Matcher::Regex(full_regex(&r.regex, resource, field)?))
+        }
+        _ => {
+            return Err(unsupported(
+                resource,
+                &format!("{field}.match.path_specifier"),
+            ));
+        }
+    };
+    let headers = m
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| header_match(h, resource, &format!("{field}.match.headers[{i}]")))
+        .collect::<Result<_, _>>()?;
+    let query = m
+        .query_parameters
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let f = format!("{field}.match.query_parameters[{i}]");
+            use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+            let matcher = match &q.query_parameter_match_specifier {
+                Some(Q::StringMatch(s)) => Some(string_matcher(s, resource, &f)?),
+                Some(Q::PresentMatch(true)) | None => None,
+                _ => return Err(unsupported(resource, &f)),
+            };
+            Ok((q.name.clone(), matcher))
+        })
+        .collect::<Result<_, _>>()?;
+    let action = match &r.action {
+        Some(Action::Route(a)) => {
+            let clusters = match &a.cluster_specifier {
+                Some(ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 1)],
+                Some(ClusterSpecifier::WeightedClusters(w)) => w
+                    .clusters
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.name.clone(),
+                            c.weight.as_ref().map(|w| w.value).unwrap_or(0),
+                        )
+                    })
+                    .collect(),
+                _ => {
+                    return Err(unsupported(
+                        resource,
+                        &format!("{field}.route.cluster_specifier"),
+                    ));
+                }
+            };
+            if !a.request_mirror_policies.is_empty() {
+                return Err(unsupported(
+                    resource,
+                    &format!("{field}.route.request_mirror_policies"),
+                ));
+            }
+            if !a.hash_policy.is_empty() {
+                return Err(unsupported(resource, &format!("{field}.route.hash_policy")));
+            }
+            let retry = match &a.retry_policy {
+                None => None,
+                Some(p) => {
+                    let mut retry = Retry {
+                        on_5xx: false,
+                        on_gateway_error: false,
+                        on_connect_failure: false,
+                        num_retries: p.num_retries.as_ref().map(|n| n.value).unwrap_or(1),
+                        per_try_timeout: p
+                            .per_try_timeout
+                            .as_ref()
+                            .map(duration)
+                            .filter(|d| !d.is_zero()),
+                    };
+                    for cond in p
+                        .retry_on
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|c| !c.is_empty())
+                    {
+                        match cond {
+                            "5xx" => retry.on_5xx = true,
+                            "gateway-error" => retry.on_gateway_error = true,
+                            "connect-failure" | "refused-stream" | "reset" => {
+                                retry.on_connect_failure = true
+                            }
+                            other => {
+                                return Err(refuse(
+                                    resource,
+                                    &format!("{field}.route.retry_policy.retry_on"),
+                                    format!("condition \"{other}\" is not supported"),
+                                ));
+                            }
+                        }
+                    }
+                    Some(retry)
+                }
+            };
+            use envoy_types::pb::envoy::config::route::v3::route_action::HostRewriteSpecifier;
+            let host_rewrite = match &a.host_rewrite_specifier {
+                Some(HostRewriteSpecifier::HostRewriteLiteral(h)) => Some(h.clone()),
+                None => None,
+                _ => {
+                    return Err(unsupported(
+                        resource,
+                        &format!("{field}.route.host_rewrite_specifier"),
+                    ));
+                }
+            };
+            RouteAction::Forward(Forward {
+                clusters,
+                timeout: a.timeout.as_ref().map(duration).filter(|d| !d.is_zero()),
+                retry,
+                prefix_rewrite: Some(a.prefix_rewrite.clone()).filter(|p| !p.is_empty()),
+                host_rewrite,
+            })
+        }
+        Some(Action::Redirect(rd)) => {
+            use envoy_types::pb::envoy::config::route::v3::redirect_action::PathRewriteSpecifier;
+            let path = match &rd.path_rewrite_specifier {
+                Some(PathRewriteSpecifier::PathRedirect(p)) => Some(p.clone()),
+                None => None,
+                _ => {
+                    return Err(unsupported(
+                        resource,
+                        &format!("{field}.redirect.path_rewrite_specifier"),
+                    ));
+                }
+            };
+            let status = match rd.response_code {
+                0 => 301,
+                1 => 302,
+                2 => 303,
+                3 => 307,
+                4 => 308,
+                _ => {
+                    return Err(refuse(
+                        resource,
+                        &format!("{field}.redirect.response_code"),
+                        "unknown code",
+                    ));
+                }
+            };
+            RouteAction::Redirect {
+                host: Some(rd.host_redirect.clone()).filter(|h| !h.is_empty()),
+                path,
+                status,
+            }
+        }
+        Some(Action::DirectResponse(d)) => {
+            use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+            let body = match d.body.as_ref().and_then(|b| b.specifier.as_ref()) {
+                None => String::new(),
+                Some(Specifier::InlineString(s)) => s.clone(),
+                Some(Specifier::InlineBytes(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(_) => {
+                    return Err(unsupported(
+                        resource,
+                        &format!("{field}.direct_response.body"),
+                    ));
+                }
+            };
+            RouteAction::Direct {
+                status: u16::try_from(d.status).unwrap_or(500),
+                body,
+            }
+        }
+        _ => return Err(unsupported(resource, &format!("{field}.action"))),
+    };
+    let mut fault_cfg = None;
+    for (name, any) in &r.typed_per_filter_config {
+        match name.as_str() {
+            FAULT_FILTER => {
+                fault_cfg = Some(fault(
+                    &decode::<HttpFault>(any, resource, field)?,
+                    resource,
+                    &format!("{field}.typed_per_filter_config"),
+                ))
+                .transpose()?;
+            }
+            other => {
+                return Err(refuse(
+                    resource,
+                    &format!("{field}.typed_per_filter_config"),
+                    format!("per-route config for {other} is not supported yet"),
+                ));
+            }
+        }
+    }
+    Ok(Route {
+        matcher: RouteMatch {
+            path,
+            headers,
+            query,
+        },
+        action,
+        fault: fault_cfg,
+        request_headers_to_add: headers_to_add(&r.request_headers_to_add),
+        request_headers_to_remove: r
+            .request_headers_to_remove
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        response_headers_to_add: headers_to_add(&r.response_headers_to_add),
+        response_headers_to_remove: r
+            .response_headers_to_remove
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+    })
+}
+
+#[allow(deprecated)] // `cors` on a virtual host: refused, so it must be read.
+pub fn route_table(rc: &RouteConfiguration) -> Result<RouteTable, Refused> {
+    let name = rc.name.as_str();
+    let mut virtual_hosts = Vec::new();
+    for (i, vh) in rc.virtual_hosts.iter().enumerate() {
+        let field = format!("virtual_hosts[{i}]");
+        if vh.cors.is_some() || !vh.typed_per_filter_config.is_empty() {
+            return Err(unsupported(
+                name,
+                &format!("{field}.typed_per_filter_config"),
+            ));
+        }
+        let routes = vh
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(j, r)| route(r, name, &format!("{field}.routes[{j}]")))
+            .collect::<Result<_, _>>()?;
+        virtual_hosts.push(VirtualHost {
+            name: vh.name.clone(),
+            domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            routes,
+        });
+    }
+    Ok(RouteTable {
+        name: name.to_owned(),
+        virtual_hosts,
+    })
+}
+
+// ---- clusters and endpoints ---------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Discovery {
+    Eds,
+    Static,
+    StrictDns,
+    OriginalDst,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balancer {
+    RoundRobin,
+    Random,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cluster {
+    pub name: String,
+    pub discovery: Discovery,
+    /// The EDS resource name (the cluster's own unless eds_cluster_config says otherwise).
+    pub eds_name: String,
+    pub connect_timeout: Duration,
+    pub balancer: Balancer,
+    /// STATIC and STRICT_DNS endpoints (host, port).
+    pub hosts: Vec<(String, u16)>,
+    /// The upstream speaks HTTP/2 (gRPC).
+    pub http2: bool,
+}
+
+pub fn cluster(c: &PbCluster) -> Result<Cluster, Refused> {
+    let name = c.name.as_str();
+    let discovery = match &c.cluster_discovery_type {
+        Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(*t) {
+            Ok(DiscoveryType::Eds) => Discovery::Eds,
+            Ok(DiscoveryType::Static) => Discovery::Static,
+            Ok(DiscoveryType::StrictDns) => Discovery::StrictDns,
+            Ok(DiscoveryType::OriginalDst) => Discovery::OriginalDst,
+            _ => return Err(unsupported(name, "type")),
+        },
+        None => Discovery::Static,
+        Some(_) => return Err(unsupported(name, "cluster_type")),
+    };
+    let balancer = match LbPolicy::try_from(c.lb_policy) {
+        Ok(LbPolicy::RoundRobin) => Balancer::RoundRobin,
+        Ok(LbPolicy::Random) => Balancer::Random,
+        Ok(LbPolicy::ClusterProvided) if discovery == Discovery::OriginalDst => {
+            Balancer::RoundRobin
+        }
+        _ => {
+            return Err(refuse(
+                name,
+                "lb_policy",
+                "only ROUND_ROBIN and RANDOM are supported yet",
+            ));
+        }
+    };
+    if c.circuit_breakers.is_some() {
+        return Err(unsupported(name, "circuit_breakers"));
+    }
+    if c.outlier_detection.is_some() {
+        return Err(unsupported(name, "outlier_detection"));
+    }
+    if c.transport_socket.is_some() {
+        return Err(unsupported(name, "transport_socket (TLS origination)"));
+    }
+    let mut http2 = false;
+    for (key, any) in &c.typed_extension_protocol_options {
+        use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+        use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::UpstreamProtocolOptions;
+        use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
+        let field = format!("typed_extension_protocol_options[{key}]");
+        let o: HttpProtocolOptions = decode(any, name, &field)?;
+        if let Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) = &o.upstream_protocol_options {
+            http2 = matches!(
+                e.protocol_config,
+                Some(ProtocolConfig::Http2ProtocolOptions(_))
+            );
+        }
+    }
+    let hosts = match &c.load_assignment {
+        Some(cla) => endpoints(cla)?
+            .into_iter()
+            .map(|e| (e.host, e.port))
+            .collect(),
+        None => Vec::new(),
+    };
+    let eds_name = c
+        .eds_cluster_config
+        .as_ref()
+        .map(|e| e.service_name.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| name.to_owned());
+    Ok(Cluster {
+        name: name.to_owned(),
+        discovery,
+        eds_name,
+        connect_timeout: c
+            .connect_timeout
+            .as_ref()
+            .map(duration)
+            .unwrap_or(Duration::from_secs(5)),
+        balancer,
+        hosts,
+        http2,
+    })
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// An IP address, or a DNS name for STRICT_DNS clusters.
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+}
+
+pub fn endpoints(cla: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, Refused> {
+    let name = cla.cluster_name.as_str();
+    let mut out = Vec::new();
+    for (i, locality) in cla.endpoints.iter().enumerate() {
+        for (j, lb) in locality.lb_endpoints.iter().enumerate() {
+            let field = format!("endpoints[{i}].lb_endpoints[{j}]");
+            let Some(HostIdentifier::Endpoint(e)) = &lb.host_identifier else {
+                return Err(unsupported(name, &format!("{field}.endpoint_name")));
+            };
+            let Some(PbAddressKind::SocketAddress(sa)) =
+                e.address.as_ref().and_then(|a| a.address.as_ref())
+            else {
+                return Err(refuse(name, &field, "only socket addresses are supported"));
+            };
+            let port = match sa.port_specifier {
+                Some(PortSpecifier::PortValue(p)) => {
+                    u16::try_from(p).map_err(|_| refuse(name, &field, "port out of range"))?
+                }
+                _ => return Err(refuse(name, &field, "named ports are not supported")),
+            };
+            out.push(Endpoint {
+                host: sa.address.clone(),
+                port,
+                weight: lb
+                    .load_balancing_weight
+                    .as_ref()
+                    .map(|w| w.value)
+                    .unwrap_or(1)
+                    .max(1),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Everything the proxy runs with: what the control plane sent, converted. Swapped whole.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    pub listeners: BTreeMap<String, Arc<Listener>>,
+    pub routes: BTreeMap<String, Arc<RouteTable>>,
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    /// By EDS name.
+    pub endpoints: BTreeMap<String, Arc<Vec<Endpoint>>>,
+}
+
+pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT_TYPE: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// Checks one xDS response: every resource must convert. The error is the NACK's detail.
+pub fn validate(type_url: &str, resources: &[Any]) -> Result<(), String> {
+    for any in resources {
+        convert_into(&mut Config::default(), type_url, any).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Adds one resource to `config`.
+pub fn convert_into(config: &mut Config, type_url: &str, any: &Any) -> Result<(), Refused> {
+    match type_url {
+        LISTENER_TYPE => {
+            let l = listener(&decode::<PbListener>(any, "listener", "")?)?;
+            config.listeners.insert(l.name.clone(), Arc::new(l));
+        }
+        ROUTE_TYPE => {
+            let r = route_table(&decode::<RouteConfiguration>(
+                any,
+                "route configuration",
+                "",
+            )?)?;
+            config.routes.insert(r.name.clone(), Arc::new(r));
+        }
+        CLUSTER_TYPE => {
+            let c = cluster(&decode::<PbCluster>(any, "cluster", "")?)?;
+            config.clusters.insert(c.name.clone(), Arc::new(c));
+        }
+        ENDPOINT_TYPE => {
+            let cla: ClusterLoadAssignment = decode(any, "endpoints", "")?;
+            let e = endpoints(&cla)?;
+            config
+                .endpoints
+                .insert(cla.cluster_name.clone(), Arc::new(e));
+        }
+        other => {
+            return Err(refuse(
+                other,
+                "type_url",
+                "not a type keel-proxy subscribes to",
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! The proxy's own counters, one prometheus-client registry, served on the admin API's
+//! `/stats/prometheus` and on the stats listener (15090), with Envoy-like names.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub envoy_cluster_name: String,
+    pub envoy_response_code_class: String,
+}
+
+#[derive(Debug)]
+pub struct Stats {
+    pub registry: Registry,
+    pub downstream_cx: Counter,
+    pub downstream_rq: Counter,
+    pub no_route: Counter,
+    pub upstream_rq: Counter,
+    pub upstream_cx_fail: Counter,
+    pub upstream_timeouts: Counter,
+    pub upstream_retries: Counter,
+    pub listener_errors: Counter,
+    pub access_logs_dropped: Counter,
+    pub responses: Family<ResponseLabels, Counter>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("envoy");
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let downstream_cx = counter("http_downstream_cx", "Downstream connections accepted");
+        let downstream_rq = counter("http_downstream_rq", "Downstream requests");
+        let no_route = counter("http_no_route", "Requests no route matched (404)");
+        let upstream_rq = counter(
+            "cluster_upstream_rq",
+            "Requests sent upstream (tries included)",
+        );
+        let upstream_cx_fail = counter(
+            "cluster_upstream_cx_connect_fail",
+            "Upstream connections that failed",
+        );
+        let upstream_timeouts = counter("cluster_upstream_rq_timeout", "Requests that timed out");
+        let upstream_retries = counter("cluster_upstream_rq_retry", "Retries");
+        let listener_errors = counter(
+            "listener_manager_listener_create_failure",
+            "Listeners that could not bind",
+        );
+        let access_logs_dropped = counter(
+            "access_logs_grpc_logs_dropped",
+            "Access log entries dropped (buffer full)",
+        );
+        let responses = Family::<ResponseLabels, Counter>::default();
+        registry.register(
+            "cluster_upstream_rq_xx",
+            "Responses by cluster and code class",
+            responses.clone(),
+        );
+        Stats {
+            registry,
+            downstream_cx,
+            downstream_rq,
+            no_route,
+            upstream_rq,
+            upstream_cx_fail,
+            upstream_timeouts,
+            upstream_retries,
+            listener_errors,
+            access_logs_dropped,
+            responses,
+        }
+    }
+}
+
+impl Stats {
+    pub fn observe_response(&self, status: u16, cluster: &str) {
+        self.responses
+            .get_or_create(&ResponseLabels {
+                envoy_cluster_name: cluster.to_owned(),
+                envoy_response_code_class: format!("{}xx", status / 100),
+            })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

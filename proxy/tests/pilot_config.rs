@@ -1,0 +1,156 @@
+//! Everything pilot emits for the walkthrough converts (keel-proxy would ACK it), and what
+//! keel-proxy does not implement is refused with the resource and field named (a NACK).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use keel_config::store::Snapshot;
+use keel_pilot::proxy::Proxy;
+use keel_pilot::snapshot::{Mesh, proxy_snapshot};
+use keel_proxy::model::{self, Config, RouteAction};
+
+fn shared() -> PathBuf {
+    std::env::var_os("KEEL_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
+}
+
+fn mesh(extra_files: &[&str], extra_yaml: &str) -> Mesh {
+    let samples = shared().join("istio-samples/1.0/samples/bookinfo");
+    // A test's own DestinationRule replaces the sample's (pilot uses one rule per host).
+    let rules = if extra_yaml.is_empty() {
+        std::fs::read_to_string(samples.join("networking/destination-rule-all.yaml")).unwrap()
+    } else {
+        String::new()
+    };
+    let mut texts = vec![
+        std::fs::read_to_string(samples.join("platform/kube/bookinfo.yaml")).unwrap(),
+        rules,
+        std::fs::read_to_string(samples.join("networking/bookinfo-gateway.yaml")).unwrap(),
+        extra_yaml.to_owned(),
+    ];
+    for (i, (app, v)) in [
+        ("details", "v1"),
+        ("ratings", "v1"),
+        ("reviews", "v1"),
+        ("reviews", "v2"),
+        ("reviews", "v3"),
+        ("productpage", "v1"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        texts.push(format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {app}-{v}, labels: {{app: {app}, version: {v}}}}}\nspec:\n  containers: [{{name: {app}, image: x, ports: [{{containerPort: 9080}}]}}]\nstatus: {{phase: Running, podIP: 10.88.0.{}}}\n",
+            i + 2
+        ));
+    }
+    texts.push("apiVersion: v1\nkind: Pod\nmetadata: {name: gw, namespace: istio-system, labels: {istio: ingressgateway}}\nspec:\n  containers: [{name: p, image: x}]\nstatus: {phase: Running, podIP: 10.88.0.100}\n".to_owned());
+    for f in extra_files {
+        texts.push(std::fs::read_to_string(samples.join("networking").join(f)).unwrap());
+    }
+    let mut resources = std::collections::BTreeMap::new();
+    for t in texts.iter().filter(|t| !t.trim().is_empty()) {
+        let report = keel_config::load_str("t.yaml", t, Some("default"));
+        assert!(report.is_ok(), "{:?}", report.diagnostics);
+        for r in report.resources {
+            resources.insert(r.key(), Arc::new(r));
+        }
+    }
+    Mesh::new(Snapshot {
+        version: 1,
+        resources,
+    })
+    .with_telemetry(Some(("10.88.0.1".into(), 9091)))
+}
+
+fn convert(mesh: &Mesh, node: &str) -> Result<Config, String> {
+    let snap = proxy_snapshot(mesh, &Proxy::parse(node).unwrap());
+    let mut config = Config::default();
+    for (type_url, res) in &snap.types {
+        let anys: Vec<_> = res.resources.values().cloned().collect();
+        model::validate(type_url, &anys)?;
+        for any in &anys {
+            model::convert_into(&mut config, type_url, any).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(config)
+}
+
+const PRODUCTPAGE: &str = "sidecar~10.88.0.7~productpage-v1.default~default.svc.cluster.local";
+const GATEWAY: &str = "router~10.88.0.100~gw.istio-system~istio-system.svc.cluster.local";
+
+#[test]
+fn every_walkthrough_config_converts_for_sidecars_and_the_gateway() {
+    for file in [
+        "virtual-service-all-v1.yaml",
+        "virtual-service-reviews-test-v2.yaml",
+        "virtual-service-ratings-test-delay.yaml",
+        "virtual-service-ratings-test-abort.yaml",
+        "virtual-service-reviews-50-v3.yaml",
+        "virtual-service-reviews-v3.yaml",
+        "virtual-service-reviews-80-20.yaml",
+        "virtual-service-reviews-90-10.yaml",
+        "virtual-service-reviews-jason-v2-v3.yaml",
+        "virtual-service-reviews-v2-v3.yaml",
+        "destination-rule-reviews.yaml",
+    ] {
+        let m = mesh(&["virtual-service-all-v1.yaml", file], "");
+        for node in [PRODUCTPAGE, GATEWAY] {
+            let c = convert(&m, node).unwrap_or_else(|e| panic!("{file} for {node}: {e}"));
+            assert!(!c.listeners.is_empty() && !c.clusters.is_empty(), "{file}");
+        }
+    }
+    let c = convert(
+        &mesh(&["virtual-service-reviews-50-v3.yaml"], ""),
+        PRODUCTPAGE,
+    )
+    .unwrap();
+    let reviews = c.routes["9080"]
+        .virtual_hosts
+        .iter()
+        .find(|v| v.domains.iter().any(|d| d == "reviews"))
+        .unwrap();
+    let RouteAction::Forward(f) = &reviews.routes[0].action else {
+        panic!("not forwarded")
+    };
+    assert_eq!(f.clusters.len(), 2, "50/50 is two weighted clusters");
+    let c = convert(
+        &mesh(&["virtual-service-ratings-test-delay.yaml"], ""),
+        PRODUCTPAGE,
+    )
+    .unwrap();
+    let ratings = c.routes["9080"]
+        .virtual_hosts
+        .iter()
+        .find(|v| v.domains.iter().any(|d| d == "ratings"))
+        .unwrap();
+    let delay = ratings.routes[0]
+        .fault
+        .as_ref()
+        .and_then(|f| f.delay)
+        .unwrap();
+    assert_eq!(delay.0, std::time::Duration::from_secs(7));
+    assert!(
+        c.listeners
+            .values()
+            .any(|l| l.use_original_dst && l.address.port() == 15001)
+    );
+}
+
+#[test]
+fn what_is_not_implemented_is_refused_with_the_field() {
+    let dr = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: ratings-cb}\nspec:\n  host: ratings\n  trafficPolicy:\n    outlierDetection: {consecutiveErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}\n";
+    let err = convert(&mesh(&[], dr), PRODUCTPAGE).unwrap_err();
+    assert!(
+        err.contains("ratings")
+            && err.contains("outlier_detection")
+            && err.contains("not supported"),
+        "{err}"
+    );
+    let lb = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: ratings-lb}\nspec:\n  host: ratings\n  trafficPolicy: {loadBalancer: {simple: LEAST_CONN}}\n";
+    let err = convert(&mesh(&[], lb), PRODUCTPAGE).unwrap_err();
+    assert!(err.contains("lb_policy"), "{err}");
+}
