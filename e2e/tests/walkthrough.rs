@@ -873,7 +873,11 @@ fn nothing_left() -> Result<()> {
     Ok(())
 }
 
+/// One local mesh at a time (fixed ports, one bridge), also under plain `cargo test`.
+static ONE_MESH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run_all(proxy: &str) -> Result<()> {
+    let _one = ONE_MESH.lock().unwrap_or_else(|p| p.into_inner());
     require_machine();
     let istio: PathBuf = shared().join("istio-samples/1.0/samples/bookinfo");
     let keel: PathBuf = repo().join("samples/bookinfo");
@@ -898,4 +902,9 @@ fn run_all(proxy: &str) -> Result<()> {
 #[test]
 fn walkthrough_on_envoy() -> Result<()> {
     run_all("envoy")
+}
+
+#[test]
+fn walkthrough_on_keel_proxy() -> Result<()> {
+    run_all("keel")
 }
