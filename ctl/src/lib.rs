@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 pub use keel_galley::client;
 pub mod cmd;
 pub mod context;
+pub mod jsonpath;
 pub mod output;
 pub use keel_local::prometheus;
 
@@ -59,6 +60,23 @@ pub enum Command {
     Logs(cmd::local::LogsArgs),
 }
 
+/// kubectl takes `-n NS` before the verb (`kubectl -n istio-system get pods`); keelctl's
+/// commands take it after. Moves a leading `-n NS` / `--namespace NS` / `--namespace=NS`
+/// behind the command name so both orders work.
+pub fn hoist_namespace(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let take = match args.get(1).and_then(|a| a.to_str()) {
+        Some("-n" | "--namespace") if args.len() > 3 => 2,
+        Some(a) if a.starts_with("--namespace=") && args.len() > 2 => 1,
+        _ => return args,
+    };
+    let flag: Vec<_> = args.drain(1..1 + take).collect();
+    let at = 2.min(args.len());
+    for (i, f) in flag.into_iter().enumerate() {
+        args.insert(at + i, f);
+    }
+    args
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
@@ -106,4 +124,33 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hoisted(args: &[&str]) -> Vec<String> {
+        hoist_namespace(args.iter().map(|a| (*a).into()).collect())
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_leading_namespace_moves_behind_the_command() {
+        assert_eq!(
+            hoisted(&["keelctl", "-n", "istio-system", "get", "svc"]),
+            ["keelctl", "get", "-n", "istio-system", "svc"]
+        );
+        assert_eq!(
+            hoisted(&["keelctl", "--namespace=x", "logs", "p"]),
+            ["keelctl", "logs", "--namespace=x", "p"]
+        );
+        assert_eq!(
+            hoisted(&["keelctl", "get", "-n", "a"]),
+            ["keelctl", "get", "-n", "a"]
+        );
+        assert_eq!(hoisted(&["keelctl", "-n"]), ["keelctl", "-n"]);
+    }
 }

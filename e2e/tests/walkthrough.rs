@@ -101,7 +101,25 @@ fn bookinfo_up(mesh: &Mesh, dir: &Path) -> Result<String> {
     mesh.apply(&dir.join("platform/kube/bookinfo.yaml"))?;
     mesh.apply(&dir.join("networking/bookinfo-gateway.yaml"))?;
     mesh.apply(&dir.join("networking/destination-rule-all.yaml"))?;
+    // The walkthrough's way to the gateway port: the Service's http2 node port.
+    let port = mesh.keelctl(&[
+        "-n",
+        "istio-system",
+        "get",
+        "service",
+        "istio-ingressgateway",
+        "-o",
+        r#"jsonpath={.spec.ports[?(@.name=="http2")].nodePort}"#,
+    ])?;
+    ensure!(
+        port.ok && port.stdout == "31380",
+        "the http2 node port: {port:?}"
+    );
     let gw = mesh.gateway()?;
+    ensure!(
+        gw == format!("127.0.0.1:{}", port.stdout),
+        "gateway_url {gw}"
+    );
     eventually("every Bookinfo pod ready", Duration::from_secs(90), || {
         let s = mesh.status()?;
         let pods = s["pods"].as_array().cloned().unwrap_or_default();

@@ -50,10 +50,11 @@ pub async fn run(
         return Ok(false);
     };
     let format = args.output.as_deref().unwrap_or("");
-    if !matches!(format, "" | "yaml" | "json" | "wide" | "name") {
+    let jsonpath = format.strip_prefix("jsonpath=");
+    if jsonpath.is_none() && !matches!(format, "" | "yaml" | "json" | "wide" | "name") {
         writeln!(
             err,
-            "error: unable to match a printer suitable for the output format \"{format}\", allowed formats are: json,name,wide,yaml"
+            "error: unable to match a printer suitable for the output format \"{format}\", allowed formats are: json,jsonpath,name,wide,yaml"
         )?;
         return Ok(false);
     }
@@ -112,6 +113,21 @@ pub async fn run(
         }
     }
     let single = args.names.len() == 1 && items.len() == 1;
+    if let Some(template) = jsonpath {
+        let value = if single {
+            items[0].clone()
+        } else {
+            as_list(items)
+        };
+        match crate::jsonpath::render(template, &value) {
+            Ok(text) => write!(out, "{text}")?,
+            Err(e) => {
+                writeln!(err, "error: {e}")?;
+                return Ok(false);
+            }
+        }
+        return Ok(ok);
+    }
     match format {
         "yaml" | "json" => {
             let value = if single {
