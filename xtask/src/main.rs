@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_proxy;
 
 #[derive(Parser, Debug)]
 #[command(name = "cargo xtask", about = "Keel's project automation")]
@@ -33,6 +34,9 @@ enum Task {
     /// Build Keel, start the local mesh (`keelctl up`) and Bookinfo, wait for the product
     /// page; the mesh keeps running (`keelctl down` stops it). Needs root.
     Demo,
+    /// The benchmark's 1 KiB backend (started by `bench proxy`).
+    #[command(hide = true)]
+    BenchBackend { port: u16 },
     /// Benchmarks (numbers go to target/bench/; never assertions).
     Bench {
         #[command(subcommand)]
@@ -42,6 +46,12 @@ enum Task {
 
 #[derive(Subcommand, Debug)]
 enum BenchWhat {
+    /// keel-proxy against Envoy fed by the same pilot (release builds, pinned CPUs).
+    Proxy {
+        /// One round of short runs (under 5 minutes with a warm build).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Bookinfo's own time per request on loopback, per service (release build).
     Samples {
         /// Requests per endpoint.
@@ -58,8 +68,11 @@ fn main() -> ExitCode {
             nextest_args,
         } => test(no_lint, &nextest_args),
         Task::Demo => demo(),
+        Task::BenchBackend { port } => bench_proxy::backend(port),
         Task::Bench { what } => match what {
             BenchWhat::Samples { requests } => bench::samples(&workspace_root(), requests),
+            BenchWhat::Proxy { quick } => ensure_envoy(&workspace_root())
+                .and_then(|envoy| bench_proxy::proxy(&workspace_root(), &envoy, quick)),
         },
     };
     match result {
