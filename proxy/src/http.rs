@@ -306,11 +306,15 @@ async fn handle(
         method: parts.method.to_string(),
         path: path_and_query.clone(),
         authority: host.clone(),
-        request_headers: parts
-            .headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-            .collect(),
+        // Only what the access log sends, and only when there is one.
+        request_headers: match &hcm.access_log {
+            None => Vec::new(),
+            Some(sink) => ["user-agent", "referer", "x-forwarded-for", "x-request-id"]
+                .into_iter()
+                .chain(sink.request_headers.iter().map(String::as_str))
+                .filter_map(|k| Some((k.to_owned(), parts.headers.get(k)?.to_str().ok()?.to_owned())))
+                .collect(),
+        },
         status: 0,
         request_bytes: 0,
         response_bytes: 0,
@@ -332,10 +336,7 @@ async fn handle(
             shared.stats.no_route.inc();
             local_reply(StatusCode::NOT_FOUND, "")
         }
-        Some(route) => {
-            let route = route.clone();
-            route_request(&shared, &config, &route, parts, body, local, &mut entry).await
-        }
+        Some(route) => route_request(&shared, &config, route, parts, body, local, &mut entry).await,
     };
     entry.status = response.status().as_u16();
     entry.response_bytes = response
@@ -509,13 +510,13 @@ async fn forward_with_retries(
             Some(addr) => {
                 entry.upstream_address = Some(addr);
                 let uri = format!("http://{addr}{path}");
-                let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
-                for (k, v) in &parts.headers {
-                    builder = builder.header(k, v);
-                }
-                match builder.body(Full::new(body.clone())) {
+                match uri.parse::<hyper::Uri>() {
                     Err(_) => return local_reply(StatusCode::BAD_REQUEST, "bad request"),
-                    Ok(up) => {
+                    Ok(uri) => {
+                        let mut up = Request::new(Full::new(body.clone()));
+                        *up.method_mut() = parts.method.clone();
+                        *up.uri_mut() = uri;
+                        *up.headers_mut() = parts.headers.clone();
                         shared.stats.upstream_rq.inc();
                         let sent = client.request(up);
                         let result = match forward.retry.as_ref().and_then(|r| r.per_try_timeout) {
