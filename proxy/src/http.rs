@@ -312,7 +312,12 @@ async fn handle(
             Some(sink) => ["user-agent", "referer", "x-forwarded-for", "x-request-id"]
                 .into_iter()
                 .chain(sink.request_headers.iter().map(String::as_str))
-                .filter_map(|k| Some((k.to_owned(), parts.headers.get(k)?.to_str().ok()?.to_owned())))
+                .filter_map(|k| {
+                    Some((
+                        k.to_owned(),
+                        parts.headers.get(k)?.to_str().ok()?.to_owned(),
+                    ))
+                })
                 .collect(),
         },
         status: 0,

@@ -1,0 +1,569 @@
+//! Conformance: one table of scenarios (VirtualService through pilot + request -> expected
+//! status, body marker, backend reached, timing), run against real Envoy and keel-proxy as
+//! gateways fed by the same galley and pilot. Every row must pass on both.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn envoy_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("KEEL_ENVOY") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/envoy-venv/lib");
+    if let Ok(entries) = std::fs::read_dir(&venv) {
+        for e in entries.flatten() {
+            let bin = e.path().join("site-packages/envoy/_bin/envoy");
+            if bin.exists() {
+                return bin;
+            }
+        }
+    }
+    panic!("no Envoy binary: run `cargo xtask test` (it installs Envoy) or set KEEL_ENVOY");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A request through the gateway: status, Location, body, time taken.
+fn request(
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String, Duration) {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    // Read the head and Content-Length bytes, not to the close: Envoy delays closing after
+    // a local reply (delayed_close_timeout), which is not the response's time.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end].lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+            });
+            if let Some(len) = len
+                && buf.len() >= end + 4 + len
+            {
+                break;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let raw = String::from_utf8_lossy(&buf).into_owned();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let location = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("location:")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, location, body.to_owned(), t.elapsed())
+}
+
+const BACKEND_IPS: [(&str, &str); 4] = [
+    ("a", "127.0.0.31"),
+    ("b", "127.0.0.32"),
+    ("slow", "127.0.0.33"),
+    ("fail", "127.0.0.34"),
+];
+
+/// One row of the table.
+struct Scenario {
+    name: &'static str,
+    /// The `http:` routes of a VirtualService for host `NAME.test`.
+    routes: &'static str,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    status: u16,
+    /// Must appear in the body (or the Location header for redirects).
+    marker: &'static str,
+    /// Time bounds in milliseconds.
+    min_ms: u64,
+    max_ms: u64,
+    /// Requests the failing backend must see.
+    fail_hits: Option<usize>,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "prefix",
+        routes: "  - route: [{destination: {host: a.backend}}]\n",
+        path: "/anything",
+        headers: &[],
+        status: 200,
+        marker: "backend=a path=/anything",
+        min_ms: 0,
+        max_ms: 2000,
+        fail_hits: None,
+    },
+    Scenario {
+        name: "exact",
+        routes: "  - match: [{uri: {exact: /only}}]\n    route: [{destination: {host: b.backend}}]\n  - route: [{destination: {host: a.backend}}]\n",
+        path: "/only",
+        headers: &[],
+        status: 200,
+        marker: "backend=b",
+        min_ms: 0,
+        max_ms: 2000,
+        fail_hits: None,
+    },
+    Scenario {
+        name: "exact-miss",
+        routes: "  - match: [{uri: {exact: /only}}]\n    route: [{destination: {host: b.backend}}]\n  - route: [{destination: {host: a.backend}}]\n",
+        path: "/only/not",
+        headers: &[],
+        status: 200,
+        marker: "backend=a",
+        min_ms: 0,
+        max_ms: 2000,
+        fail_hits: None,
+    },
+    Scenario {
+        name: "header",
+        routes: "  - match: [{headers: {x-user: {exact: jason}}}]\n    route: [{destination: {host: b.backend}}]\n  - route: [{destination: {host: a.backend}}]\n",
+        path: "/",
+        headers: &[("x-user", "jason")],
+        status: 200,
+        marker: "backend=b",
+        min_ms: 0,
+        max_ms: 2000,
+        fail_hits: None,
+    },
+    Scenario {
+        name: "header-case",
+        routes: "  - match: [{headers: {x-user: {exact: jason}}}]\n    route: [{destination: {host: b.backend}}]\n  - route: [{destination: {host: a.backend}}]\n",
+        path: "/",
+        headers: &[("x-user", "Jason")],
+        status: 200,
+        marker: "backend=a",
+        min_ms: 0,
+        max_ms: 2000,
+        fail_hits: None,
+    },
+    Scenario {
+        name: "regex",
+        routes: "  - match: [{uri: {regex: \"/re/[0-9]+\"}}]\n    route: [{destination: {host: b.backend}}]\n  - route: [{destination: {host: a.backend}}]\n",
+        path: "/re/42",
+        headers: &[],
+        status: 200,
+        marker: "backend=b",
+        min_ms: 0,
+        max_ms: 2000,
+        fail_hits: None,
+    },
+    Scenario {
+        name: "weights",
+        routes: "  - route:\n    - {destination: {host: a.backend}, weight: 0}\n    - {destination: {host: b.backend}, weight: 100}\n",
+        path: "/",
+        headers: &[],
+        status: 200,
+        marker: "backend=b",
+        min_ms: 0,
+        max_ms: 2000,
+        fail_hits: None,
+    },
+    Scenario {
+        name: "rewrite",
+        routes: "  - match: [{uri: {prefix: /old}}]\n    rewrite: {uri: /new}\n    route: [{destination: {host: a.backend}}]\n",
+        path: "/old/page",
+        headers: &[],
+        status: 200,
+        marker: "path=/new/page",
+        min_ms: 0,
+        max_ms: 2000,
+        fail_hits: None,
+    },
+    Scenario {
+        name: "append-headers",
+        routes: "  - route: [{destination: {host: a.backend}}]\n    appendHeaders: {x-added: yes-added}\n",
+        path: "/",
+        headers: &[],
+        status: 200,
+        marker: "x-added=yes-added",
+        min_ms: 0,
+        max_ms: 2000,
+        fail_hits: None,
+    },
+    Scenario {
+        name: "timeout",
+        routes: "  - route: [{destination: {host: slow.backend}}]\n    timeout: 0.5s\n",
+        path: "/",
+        headers: &[],
+        status: 504,
+        marker: "upstream request timeout",
+        min_ms: 400,
+        max_ms: 1500,
+        fail_hits: None,
+    },
+    Scenario {
+        name: "retries",
+        routes: "  - route: [{destination: {host: fail.backend}}]\n    retries: {attempts: 3, perTryTimeout: 1s}\n",
+        path: "/",
+        headers: &[],
+        status: 503,
+        marker: "",
+        min_ms: 0,
+        max_ms: 5000,
+        fail_hits: Some(4),
+    },
+    Scenario {
+        name: "abort",
+        routes: "  - route: [{destination: {host: a.backend}}]\n    fault: {abort: {percent: 100, httpStatus: 418}}\n",
+        path: "/",
+        headers: &[],
+        status: 418,
+        marker: "fault filter abort",
+        min_ms: 0,
+        max_ms: 1000,
+        fail_hits: None,
+    },
+    Scenario {
+        name: "delay",
+        routes: "  - route: [{destination: {host: a.backend}}]\n    fault: {delay: {percent: 100, fixedDelay: 1s}}\n",
+        path: "/",
+        headers: &[],
+        status: 200,
+        marker: "backend=a",
+        min_ms: 950,
+        max_ms: 2500,
+        fail_hits: None,
+    },
+    Scenario {
+        name: "redirect",
+        routes: "  - redirect: {uri: /elsewhere}\n",
+        path: "/",
+        headers: &[],
+        status: 301,
+        marker: "/elsewhere",
+        min_ms: 0,
+        max_ms: 2000,
+        fail_hits: None,
+    },
+    Scenario {
+        name: "upstream-down",
+        routes: "  - route: [{destination: {host: down.backend}}]\n",
+        path: "/",
+        headers: &[],
+        status: 503,
+        marker: "",
+        min_ms: 0,
+        max_ms: 3000,
+        fail_hits: None,
+    },
+];
+
+fn config(backend_port: u16, gateway_port: u16) -> String {
+    let mut docs = vec![
+        format!("apiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {{name: gw, namespace: istio-system}}\nspec:\n  selector: {{istio: conformance}}\n  servers: [{{port: {{number: {gateway_port}, name: http, protocol: HTTP}}, hosts: ['*']}}]\n"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: gw, namespace: istio-system, labels: {istio: conformance}}\nspec: {containers: [{name: p, image: x}]}\nstatus: {phase: Running, podIP: 127.0.0.1}\n".to_owned(),
+    ];
+    for (name, ip) in BACKEND_IPS.iter().chain([("down", "127.0.0.35")].iter()) {
+        docs.push(format!(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{name}.backend]\n  location: MESH_INTERNAL\n  ports: [{{number: {backend_port}, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: {ip}}}]\n"
+        ));
+    }
+    for s in SCENARIOS {
+        docs.push(format!(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: {}, namespace: default}}\nspec:\n  hosts: [{}.test]\n  gateways: [istio-system/gw]\n  http:\n{}",
+            s.name, s.name, s.routes
+        ));
+    }
+    docs.join("---\n")
+}
+
+fn bootstrap(dir: &Path, pilot: SocketAddr, admin: u16) -> PathBuf {
+    let socket = |ip: &str, port: u16| serde_json::json!({"socket_address": {"address": ip, "port_value": port}});
+    let boot = serde_json::json!({
+        "node": {"id": "router~127.0.0.1~gw.istio-system~istio-system.svc.cluster.local", "cluster": "gw"},
+        "admin": {"address": socket("127.0.0.1", admin)},
+        "dynamic_resources": {
+            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {"clusters": [{
+            "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket("127.0.0.1", pilot.port())}}]}]},
+        }]},
+    });
+    let path = dir.join(format!("bootstrap-{admin}.json"));
+    std::fs::write(&path, boot.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
+    let dir = std::env::temp_dir().join(format!("keel-conformance-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend_port = free_port();
+    let fail_hits = Arc::new(AtomicUsize::new(0));
+    rt.block_on(async {
+        for (name, ip) in BACKEND_IPS {
+            let l = tokio::net::TcpListener::bind((ip, backend_port))
+                .await
+                .unwrap();
+            let hits = fail_hits.clone();
+            tokio::spawn(keel_samples::http::serve(
+                l,
+                Arc::new(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let hits = hits.clone();
+                    let body = format!(
+                        "backend={name} path={} x-added={}",
+                        req.uri().path(),
+                        req.headers()
+                            .get("x-added")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                    );
+                    async move {
+                        match name {
+                            "slow" => tokio::time::sleep(Duration::from_secs(2)).await,
+                            "fail" => {
+                                hits.fetch_add(1, Ordering::SeqCst);
+                                return keel_samples::http::json(
+                                    hyper::StatusCode::SERVICE_UNAVAILABLE,
+                                    "{}",
+                                );
+                            }
+                            _ => {}
+                        }
+                        keel_samples::http::json(hyper::StatusCode::OK, body)
+                    }
+                }),
+            ));
+        }
+    });
+    let galley = rt
+        .block_on(keel_galley::start(&keel_galley::Args {
+            config_dir: dir.join("config"),
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            default_namespace: "default".into(),
+            rescan_ms: 100,
+            log_format: "text".into(),
+        }))
+        .unwrap();
+    let gateway_port = free_port();
+    galley
+        .state
+        .galley
+        .apply(
+            &[keel_galley::core::Source {
+                name: "conformance.yaml".into(),
+                text: config(backend_port, gateway_port),
+            }],
+            "default",
+            false,
+        )
+        .unwrap();
+    let pilot = rt
+        .block_on(keel_pilot::server::start(&keel_pilot::server::Args {
+            galley: format!("http://{}", galley.grpc_addr),
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            debounce_ms: 10,
+            log_format: "text".into(),
+            mixer_telemetry: None,
+        }))
+        .unwrap();
+
+    let mut failures = Vec::new();
+    for candidate in ["envoy", "keel-proxy"] {
+        let admin = free_port();
+        let boot = bootstrap(&dir, pilot.grpc_addr, admin);
+        let log = std::fs::File::create(dir.join(format!("{candidate}.log"))).unwrap();
+        let mut cmd = match candidate {
+            "envoy" => {
+                let mut c = Command::new(envoy_binary());
+                c.arg("-c").arg(&boot).args([
+                    "--concurrency",
+                    "1",
+                    "--disable-hot-restart",
+                    "-l",
+                    "warning",
+                ]);
+                c
+            }
+            _ => {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_keel-proxy"));
+                c.arg("--bootstrap").arg(&boot);
+                c
+            }
+        };
+        let _proxy = Proc(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .spawn()
+                .unwrap(),
+        );
+        // Ready once the first scenario's route answers.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !TcpStream::connect(("127.0.0.1", gateway_port))
+            .is_ok_and(|_| request(gateway_port, "prefix.test", "/", &[]).0 == 200)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{candidate} never routed (see {})",
+                dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for s in SCENARIOS {
+            let before = fail_hits.load(Ordering::SeqCst);
+            let (status, location, body, took) =
+                request(gateway_port, &format!("{}.test", s.name), s.path, s.headers);
+            let hits = fail_hits.load(Ordering::SeqCst) - before;
+            let seen = if s.status / 100 == 3 {
+                &location
+            } else {
+                &body
+            };
+            let ms = took.as_millis() as u64;
+            let mut wrong = Vec::new();
+            if status != s.status {
+                wrong.push(format!("status {status}, want {}", s.status));
+            }
+            if !seen.contains(s.marker) {
+                wrong.push(format!("{seen:?} lacks {:?}", s.marker));
+            }
+            if ms < s.min_ms || ms > s.max_ms {
+                wrong.push(format!("took {ms} ms, want {}..{}", s.min_ms, s.max_ms));
+            }
+            if let Some(want) = s.fail_hits
+                && hits != want
+            {
+                wrong.push(format!(
+                    "the failing backend saw {hits} requests, want {want}"
+                ));
+            }
+            if !wrong.is_empty() {
+                failures.push(format!("{candidate} / {}: {}", s.name, wrong.join("; ")));
+            }
+        }
+        // Unknown host: no virtual host matches.
+        let (status, ..) = request(gateway_port, "nowhere.example", "/", &[]);
+        if status != 404 {
+            failures.push(format!("{candidate} / no-route: status {status}, want 404"));
+        }
+        // Under continuous load, 50 route changes in a row fail no request.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let loaders: Vec<_> = (0..4)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let (mut ok, mut bad) = (0usize, Vec::new());
+                    while !stop.load(Ordering::SeqCst) {
+                        let (status, _, body, _) = request(gateway_port, "weights.test", "/", &[]);
+                        if status == 200 && body.contains("backend=") {
+                            ok += 1;
+                        } else {
+                            bad.push(status);
+                        }
+                    }
+                    (ok, bad)
+                })
+            })
+            .collect();
+        for i in 0..50 {
+            let (wa, wb) = if i % 2 == 0 { (100, 0) } else { (0, 100) };
+            galley
+                .state
+                .galley
+                .apply(
+                    &[keel_galley::core::Source {
+                        name: "weights.yaml".into(),
+                        text: format!("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: weights, namespace: default}}\nspec:\n  hosts: [weights.test]\n  gateways: [istio-system/gw]\n  http:\n  - route:\n    - {{destination: {{host: a.backend}}, weight: {wa}}}\n    - {{destination: {{host: b.backend}}, weight: {wb}}}\n"),
+                    }],
+                    "default",
+                    false,
+                )
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(40));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::SeqCst);
+        let (mut ok, mut bad) = (0, Vec::new());
+        for l in loaders {
+            let (o, b) = l.join().unwrap();
+            ok += o;
+            bad.extend(b);
+        }
+        if !bad.is_empty() || ok < 50 {
+            failures.push(format!(
+                "{candidate} / 50 route changes under load: {ok} ok, failed statuses {bad:?}"
+            ));
+        }
+        // Leave the weights row as the table expects for the next candidate.
+        galley
+            .state
+            .galley
+            .apply(
+                &[keel_galley::core::Source {
+                    name: "weights.yaml".into(),
+                    text: config(backend_port, gateway_port),
+                }],
+                "default",
+                false,
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        failures.is_empty(),
+        "scenarios that failed:\n{}",
+        failures.join("\n")
+    );
+    drop(pilot);
+    drop(galley);
+    let _ = std::fs::remove_dir_all(&dir);
+}
