@@ -887,7 +887,12 @@ impl Runtime {
                     "-l".into(),
                     "warning".into(),
                 ],
-                DataPlane::Keel => vec!["--bootstrap".into(), boot_path.display().to_string()],
+                DataPlane::Keel => vec![
+                    "--bootstrap".into(),
+                    boot_path.display().to_string(),
+                    "--drain-time-s".into(),
+                    "2".into(),
+                ],
             };
             pod.sidecar = Some(supervise(ProcessSpec {
                 name: format!("{ns}/{name}/istio-proxy"),

@@ -52,6 +52,22 @@ fn local_reply(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
+/// Counts a request in flight for the drain on SIGTERM.
+struct Active<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Active<'a> {
+    fn enter(n: &'a std::sync::atomic::AtomicUsize) -> Active<'a> {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Active(n)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Upstream state shared by all connections: load balancer positions and connection pools.
 #[derive(Debug, Default)]
 pub struct Upstreams {
@@ -265,6 +281,7 @@ async fn handle(
     let started = Instant::now();
     let start_time = SystemTime::now();
     shared.stats.downstream_rq.inc();
+    let _active = Active::enter(&shared.active);
     let config = shared.config.borrow().clone();
     let (mut parts, body) = req.into_parts();
     // Request headers every proxy sets (Envoy: x-request-id, x-forwarded-proto; at the edge

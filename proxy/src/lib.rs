@@ -35,6 +35,9 @@ pub struct Args {
     /// Worker threads (Envoy's --concurrency).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
+    /// On SIGTERM, how long requests in flight may take to finish (seconds).
+    #[arg(long, default_value_t = 5)]
+    pub drain_time_s: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,13 +63,20 @@ pub struct Shared {
     pub upstreams: http::Upstreams,
     pub stats: stats::Stats,
     pub access_logs: als::AccessLogs,
+    /// Set on SIGTERM: listeners close, requests in flight finish.
+    pub draining: watch::Receiver<bool>,
+    /// Requests being handled now.
+    pub active: std::sync::atomic::AtomicUsize,
 }
 
 /// Runs the proxy until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> Result<(), ProxyError> {
     let boot = bootstrap::Bootstrap::load(&args.bootstrap)?;
     let (xds_state, config) = xds::subscribe(&boot);
+    let (drain_tx, draining) = watch::channel(false);
     let shared = Arc::new(Shared {
+        draining,
+        active: std::sync::atomic::AtomicUsize::new(0),
         access_logs: als::AccessLogs::new(boot.node_id.clone(), config.clone()),
         bootstrap: boot,
         config,
@@ -86,11 +96,22 @@ pub async fn run(args: Args) -> Result<(), ProxyError> {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    tracing::info!("stopping");
+    // Drain: stop accepting, let requests in flight finish (up to the drain time).
+    tracing::info!("draining");
+    drain_tx.send_replace(true);
     listeners.abort();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(args.drain_time_s);
+    while shared.active.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The last responses' bodies are being written.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     for a in admin {
         a.abort();
     }
+    tracing::info!("stopped");
     Ok(())
 }
 

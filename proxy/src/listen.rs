@@ -91,8 +91,14 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, name: String) {
+    let mut draining = shared.draining.clone();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            // Draining: the listener closes (dropped with this task); connections stay.
+            _ = draining.wait_for(|d| *d) => return,
+        };
+        let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(listener = %name, error = %e, "accept failed");

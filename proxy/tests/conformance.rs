@@ -440,7 +440,7 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
                 c
             }
         };
-        let _proxy = Proc(
+        let mut proxy = Proc(
             cmd.stdout(Stdio::null())
                 .stderr(Stdio::from(log))
                 .spawn()
@@ -542,6 +542,36 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
             failures.push(format!(
                 "{candidate} / 50 route changes under load: {ok} ok, failed statuses {bad:?}"
             ));
+        }
+        if candidate == "keel-proxy" {
+            // SIGTERM drains: the request in flight (a 1 s fault delay) still gets its answer,
+            // the listener closes, the process exits.
+            let slow = std::thread::spawn(move || request(gateway_port, "delay.test", "/", &[]));
+            std::thread::sleep(Duration::from_millis(300));
+            let pid = proxy.0.id().to_string();
+            Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+            let (status, _, body, _) = slow.join().unwrap();
+            if status != 200 || !body.contains("backend=a") {
+                failures.push(format!(
+                    "keel-proxy / drain: the request in flight got {status} {body:?}"
+                ));
+            }
+            let deadline = Instant::now() + Duration::from_secs(6);
+            let exited = loop {
+                if let Ok(Some(_)) = proxy.0.try_wait() {
+                    break true;
+                }
+                if Instant::now() > deadline {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            if !exited {
+                failures.push("keel-proxy / drain: still running 6 s after SIGTERM".into());
+            }
+            if TcpStream::connect(("127.0.0.1", gateway_port)).is_ok() {
+                failures.push("keel-proxy / drain: the listener still accepts".into());
+            }
         }
         // Leave the weights row as the table expects for the next candidate.
         galley
