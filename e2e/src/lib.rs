@@ -63,7 +63,13 @@ impl Mesh {
             home,
             proxy: proxy.to_owned(),
         };
-        let up = mesh.keelctl(&["up", "--proxy", proxy])?;
+        let mut up = mesh.keelctl(&["up", "--proxy", proxy])?;
+        // The mesh's fixed ports (42422, 31380, ...) lie in Linux's ephemeral range: a
+        // client connection of another program can hold one for a moment. Try again once.
+        if !up.ok && up.stderr.contains("is in use") {
+            std::thread::sleep(Duration::from_secs(3));
+            up = mesh.keelctl(&["up", "--proxy", proxy])?;
+        }
         if !up.ok {
             bail!("keelctl up failed:\n{}\n{}", up.stdout, up.stderr);
         }

@@ -39,9 +39,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
         })?
 }
 
-/// Whether something listens on `port` (on any address of the host).
+/// Whether `port` on loopback, where the mesh's components listen, is taken.
 pub fn port_in_use(port: u16) -> bool {
-    std::net::TcpListener::bind(("0.0.0.0", port)).is_err()
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_err()
 }
 
 /// Accepts connections on `listener` and joins each to a new connection to `target`.

@@ -1494,7 +1494,7 @@ mod tests {
     fn preflight_names_every_missing_piece_and_taken_port() {
         let dir = std::env::temp_dir().join(format!("keel-preflight-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
         let problems = preflight(&options(&dir, port)).join("\n");
         for needle in [
