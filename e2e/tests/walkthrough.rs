@@ -766,6 +766,98 @@ fn restarts_and_rolls(mesh: &Mesh, gw: &str) -> Result<()> {
     Ok(())
 }
 
+/// Istio 1.0's "securing gateways with HTTPS": the certificate as the
+/// `istio-ingressgateway-certs` Secret, a Gateway server on 443 with `tls.mode: SIMPLE` and
+/// the mounted file paths; the product page answers over HTTPS on 31390 (and still on 80).
+fn https_gateway(mesh: &Mesh) -> Result<()> {
+    let dir = mesh.home.join("tls");
+    std::fs::create_dir_all(&dir)?;
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=bookinfo.example",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()?;
+    ensure!(
+        made.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let indent = |p: &str| -> Result<String> {
+        Ok(std::fs::read_to_string(dir.join(p))?
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect())
+    };
+    let secret = dir.join("secret.yaml");
+    std::fs::write(
+        &secret,
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: istio-ingressgateway-certs, namespace: istio-system}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+            indent("cert.pem")?,
+            indent("key.pem")?
+        ),
+    )?;
+    mesh.apply(&secret)?;
+    // The secret is mounted before the server that needs it, as on Kubernetes.
+    eventually(
+        "the certificate mounted in the gateway pod",
+        Duration::from_secs(20),
+        || {
+            let found = std::fs::read_dir("/etc/netns")?
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("keel-istio-system.")
+                })
+                .any(|e| e.path().join("istio/ingressgateway-certs/tls.crt").exists());
+            Ok(found.then_some(()))
+        },
+    )?;
+    let gateway = dir.join("gateway.yaml");
+    std::fs::write(
+        &gateway,
+        "apiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: bookinfo-gateway}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n  - port: {number: 443, name: https, protocol: HTTPS}\n    tls: {mode: SIMPLE, serverCertificate: /etc/istio/ingressgateway-certs/tls.crt, privateKey: /etc/istio/ingressgateway-certs/tls.key}\n    hosts: ['*']\n",
+    )?;
+    mesh.apply(&gateway)?;
+    let port = mesh.keelctl(&[
+        "-n",
+        "istio-system",
+        "get",
+        "service",
+        "istio-ingressgateway",
+        "-o",
+        r#"jsonpath={.spec.ports[?(@.name=="https")].nodePort}"#,
+    ])?;
+    ensure!(port.stdout == "31390", "the https node port: {port:?}");
+    let url = format!("https://127.0.0.1:{}/productpage", port.stdout);
+    let page = eventually("the product page over HTTPS", PROPAGATION, || {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "-m", "10", &url])
+            .output()?;
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(body
+            .contains("<title>Simple Bookstore App</title>")
+            .then_some(body))
+    })?;
+    ensure!(page.contains("The Comedy of Errors"));
+    let plain = Client::new(&mesh.gateway()?).get("/productpage", &[])?;
+    ensure!(plain.status == 200, "HTTP still answers: {}", plain.status);
+    Ok(())
+}
+
 /// A pod without a sidecar (opted out) runs a program from the user's image table and still
 /// reaches Services through their virtual IPs (the host's kube-proxy-style rules).
 fn pod_without_sidecar(mesh: &Mesh) -> Result<()> {
@@ -899,6 +991,9 @@ fn run_all(proxy: &str) -> Result<()> {
     require_machine();
     let istio: PathBuf = shared().join("istio-samples/1.0/samples/bookinfo");
     let keel: PathBuf = repo().join("samples/bookinfo");
+    // The gateway's certificate directory needs /etc/istio; the runtime creates it when
+    // missing and must remove it again.
+    let etc_istio_before = Path::new("/etc/istio").exists();
     let mesh = Mesh::up_with_images(
         proxy,
         "images:\n- image: e2e/sleep\n  command: [sleep, \"3600\"]\n",
@@ -906,6 +1001,7 @@ fn run_all(proxy: &str) -> Result<()> {
     walkthrough(&mesh, &istio)?;
     bookinfo_down(&mesh, &istio)?;
     walkthrough(&mesh, &keel)?;
+    https_gateway(&mesh)?;
     let gw = mesh.gateway()?;
     telemetry(&mesh, &gw)?;
     restarts_and_rolls(&mesh, &gw)?;
@@ -914,6 +1010,10 @@ fn run_all(proxy: &str) -> Result<()> {
     ensure!(down.ok, "keelctl down: {}{}", down.stdout, down.stderr);
     drop(mesh);
     nothing_left()?;
+    ensure!(
+        etc_istio_before || !Path::new("/etc/istio").exists(),
+        "/etc/istio left behind"
+    );
     down_after_a_crash(proxy)
 }
 

@@ -797,6 +797,7 @@ impl Runtime {
             }
         }
         self.sync_services(snap).await;
+        self.sync_gateway_certs(snap);
         self.sync_pod_objects(snap).await;
         self.sync_prometheus();
         all_problems.extend(self.problems.iter().cloned());
@@ -853,6 +854,9 @@ impl Runtime {
             );
             env
         };
+        if pod.gateway {
+            gateway_cert_dirs(&self.opts.layout, &netns)?;
+        }
         if pod.plan.inject || pod.gateway {
             if pod.plan.inject {
                 capture::apply_pod_capture(&netns, &pod.plan.ports())
@@ -1101,6 +1105,55 @@ impl Runtime {
         }
     }
 
+    /// The Secrets Istio 1.0 mounted into the ingress gateway, as files in the gateway pod's
+    /// `/etc/istio/...`: `istio-ingressgateway-certs` (tls.crt, tls.key) and
+    /// `istio-ingressgateway-ca-certs`.
+    fn sync_gateway_certs(&mut self, snap: &Snapshot) {
+        let Some(gw) = self.pods.values().find(|p| p.gateway) else {
+            return;
+        };
+        let base = dns::netns_etc(&gw.net.netns).join("istio");
+        for (secret, dir) in GATEWAY_SECRETS {
+            let key = keel_config::ResourceKey {
+                kind: Kind::Secret,
+                namespace: GATEWAY_NAMESPACE.into(),
+                name: (*secret).into(),
+            };
+            let Some(Spec::Secret(sec)) = snap.get(&key).map(|r| &r.spec) else {
+                continue;
+            };
+            let mut files: BTreeMap<String, Vec<u8>> = sec
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect();
+            for (k, v) in sec.string_data.iter().flatten() {
+                files.insert(k.clone(), v.clone().into_bytes());
+            }
+            for (name, bytes) in files {
+                if name.contains('/') || name.starts_with('.') {
+                    continue;
+                }
+                let path = base.join(dir).join(&name);
+                if std::fs::read(&path).is_ok_and(|old| old == bytes) {
+                    continue;
+                }
+                let tmp = base.join(dir).join(format!(".{name}.tmp"));
+                let written =
+                    std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));
+                match written {
+                    Ok(()) => {
+                        tracing::info!(secret, file = %path.display(), "gateway certificate file written")
+                    }
+                    Err(e) => {
+                        tracing::warn!(secret, error = %e, "cannot write a gateway certificate file")
+                    }
+                }
+            }
+        }
+    }
+
     fn container_states(&self, pod: &RunningPod) -> Vec<ContainerState> {
         let mut out: Vec<ContainerState> = pod
             .containers
@@ -1286,7 +1339,42 @@ impl Runtime {
         if let Err(e) = self.net.remove_all() {
             tracing::warn!(error = %e, "cannot remove the pod network");
         }
+        remove_etc_istio(&self.opts.layout);
         let _ = std::fs::remove_file(self.opts.layout.runtime_pid());
+    }
+}
+
+/// Secrets mounted into the gateway, and their directories under `/etc/istio`.
+const GATEWAY_SECRETS: &[(&str, &str)] = &[
+    ("istio-ingressgateway-certs", "ingressgateway-certs"),
+    ("istio-ingressgateway-ca-certs", "ingressgateway-ca-certs"),
+];
+
+/// The gateway pod's `/etc/istio/ingressgateway-*certs` directories. `ip netns exec`
+/// bind-mounts `/etc/netns/NS/istio` over `/etc/istio`, which must exist on the host: the
+/// runtime creates it when missing and records that, so teardown removes it again.
+fn gateway_cert_dirs(layout: &Layout, netns: &str) -> Result<(), RuntimeError> {
+    let host = Path::new("/etc/istio");
+    if !host.exists() {
+        std::fs::write(layout.home.join(CREATED_ETC_ISTIO), "/etc/istio\n")
+            .map_err(|e| start_err("recording /etc/istio", e))?;
+        std::fs::create_dir_all(host).map_err(|e| start_err("creating /etc/istio", e))?;
+    }
+    for (_, dir) in GATEWAY_SECRETS {
+        let d = dns::netns_etc(netns).join("istio").join(dir);
+        std::fs::create_dir_all(&d).map_err(|e| start_err(d.display().to_string(), e))?;
+    }
+    Ok(())
+}
+
+/// Marks that this run created `/etc/istio` (removed at teardown when empty).
+const CREATED_ETC_ISTIO: &str = "created-etc-istio";
+
+fn remove_etc_istio(layout: &Layout) {
+    if layout.home.join(CREATED_ETC_ISTIO).exists() {
+        // Only if empty: something else may have put files there since.
+        let _ = std::fs::remove_dir("/etc/istio");
+        let _ = std::fs::remove_file(layout.home.join(CREATED_ETC_ISTIO));
     }
 }
 
@@ -1314,10 +1402,16 @@ fn subscribe_galley(
     watch::Receiver<std::sync::Arc<keel_xds::client::ClientState>>,
     tokio::task::JoinHandle<()>,
 ) {
-    let types = [Kind::Namespace, Kind::Service, Kind::Deployment, Kind::Pod]
-        .into_iter()
-        .map(|k| k.type_url())
-        .collect();
+    let types = [
+        Kind::Namespace,
+        Kind::Service,
+        Kind::Deployment,
+        Kind::Pod,
+        Kind::Secret,
+    ]
+    .into_iter()
+    .map(|k| k.type_url())
+    .collect();
     let mut config = keel_xds::client::ClientConfig::new(
         format!("http://127.0.0.1:{grpc_port}"),
         "local~0.0.0.0~keel-local.istio-system~istio-system.svc.cluster.local",
@@ -1409,6 +1503,7 @@ pub fn teardown_from_record(layout: &Layout) -> Vec<String> {
     }
     capture::remove_service_rules();
     remove_vip_route();
+    remove_etc_istio(layout);
     let _ = std::fs::remove_file(layout.runtime_pid());
     problems
 }

@@ -54,7 +54,12 @@ fn bookinfo(extra: &[&str]) -> Mesh {
     }
     texts.push("apiVersion: v1\nkind: Pod\nmetadata: {name: gw, namespace: istio-system, labels: {istio: ingressgateway}}\nspec:\n  containers: [{name: p, image: x}]\nstatus: {phase: Running, podIP: 10.0.0.100}\n".to_owned());
     for e in extra {
-        texts.push(std::fs::read_to_string(samples.join("networking").join(e)).unwrap());
+        // A file of the samples' networking directory, or a document given inline.
+        if e.contains('\n') {
+            texts.push((*e).to_owned());
+        } else {
+            texts.push(std::fs::read_to_string(samples.join("networking").join(e)).unwrap());
+        }
     }
     let mut resources = std::collections::BTreeMap::new();
     for t in texts {
@@ -483,4 +488,44 @@ fn telemetry_sends_access_logs_to_mixer_named_by_reporter() {
         keel_pilot::server::parse_host_port("127.0.0.1:9091"),
         Ok(("127.0.0.1".to_owned(), 9091))
     );
+}
+
+#[test]
+fn https_gateway_servers_terminate_tls_with_their_certificate_files() {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+    let tls_gateway = "apiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: secure, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 443, name: https, protocol: HTTPS}\n    tls: {mode: SIMPLE, serverCertificate: /etc/istio/ingressgateway-certs/tls.crt, privateKey: /etc/istio/ingressgateway-certs/tls.key}\n    hosts: ['*']\n  - port: {number: 8443, name: tls, protocol: TLS}\n    tls: {mode: PASSTHROUGH}\n    hosts: ['*']\n";
+    let gw =
+        Proxy::parse("router~10.0.0.100~gw.istio-system~istio-system.svc.cluster.local").unwrap();
+    let snap = proxy_snapshot(&bookinfo(&[tls_gateway]), &gw);
+    let l: Listener = decode(&snap, LISTENER_TYPE, "0.0.0.0_443");
+    let ts = l.filter_chains[0].transport_socket.clone().unwrap();
+    let Some(ConfigType::TypedConfig(any)) = ts.config_type else {
+        panic!("no TLS config")
+    };
+    let ctx = DownstreamTlsContext::decode(any.value.as_slice()).unwrap();
+    let cert = &ctx.common_tls_context.unwrap().tls_certificates[0];
+    let file = |d: &Option<envoy_types::pb::envoy::config::core::v3::DataSource>| match d
+        .as_ref()
+        .and_then(|d| d.specifier.clone())
+    {
+        Some(Specifier::Filename(f)) => f,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        file(&cert.certificate_chain),
+        "/etc/istio/ingressgateway-certs/tls.crt"
+    );
+    assert_eq!(
+        file(&cert.private_key),
+        "/etc/istio/ingressgateway-certs/tls.key"
+    );
+    assert!(
+        !snap.types[LISTENER_TYPE]
+            .resources
+            .contains_key("0.0.0.0_8443"),
+        "PASSTHROUGH is not emitted yet"
+    );
+    let _: RouteConfiguration = decode(&snap, ROUTE_TYPE, "http.443");
 }

@@ -22,7 +22,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
 use crate::Shared;
 use crate::als::HttpEntry;
@@ -133,13 +132,15 @@ impl Upstreams {
 }
 
 /// Serves one downstream connection (HTTP/1.1, keep-alive).
-pub async fn serve_connection(
+pub async fn serve_connection<S>(
     shared: Arc<Shared>,
     hcm: Arc<HttpManager>,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     local: SocketAddr,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let hcm = hcm.clone();

@@ -18,6 +18,7 @@ pub mod http;
 pub mod listen;
 pub mod model;
 pub mod stats;
+pub mod tls;
 pub mod xds;
 
 use std::path::PathBuf;
@@ -61,6 +62,7 @@ pub struct Shared {
     /// The raw accepted xDS state, for `/config_dump`.
     pub xds: watch::Receiver<Arc<keel_xds::client::ClientState>>,
     pub upstreams: http::Upstreams,
+    pub acceptors: tls::Acceptors,
     pub stats: stats::Stats,
     pub access_logs: als::AccessLogs,
     /// Set on SIGTERM: listeners close, requests in flight finish.
@@ -82,6 +84,7 @@ pub async fn run(args: Args) -> Result<(), ProxyError> {
         config,
         xds: xds_state,
         upstreams: http::Upstreams::default(),
+        acceptors: tls::Acceptors::default(),
         stats: stats::Stats::default(),
     });
     let admin = admin::start(shared.clone()).await?;

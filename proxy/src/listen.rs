@@ -141,9 +141,37 @@ async fn serve(
 ) {
     shared.stats.downstream_cx.inc();
     match &listener.filter {
-        NetworkFilter::Http(hcm) => {
-            crate::http::serve_connection(shared.clone(), hcm.clone(), stream, peer, dst).await;
-        }
+        NetworkFilter::Http(hcm) => match &listener.tls {
+            None => {
+                crate::http::serve_connection(shared.clone(), hcm.clone(), stream, peer, dst).await
+            }
+            Some(tls) => {
+                let acceptor = match shared.acceptors.get(tls) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        shared.stats.tls_errors.inc();
+                        tracing::warn!(listener = %listener.name, error = %e, "cannot terminate TLS");
+                        return;
+                    }
+                };
+                match acceptor.accept(stream).await {
+                    Ok(tls_stream) => {
+                        crate::http::serve_connection(
+                            shared.clone(),
+                            hcm.clone(),
+                            tls_stream,
+                            peer,
+                            dst,
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        shared.stats.tls_errors.inc();
+                        tracing::debug!(listener = %listener.name, error = %e, "TLS handshake failed");
+                    }
+                }
+            }
+        },
         NetworkFilter::Tcp(tcp) => {
             let Some(cluster) = config.clusters.get(&tcp.cluster).cloned() else {
                 tracing::debug!(cluster = %tcp.cluster, "tcp proxy: no such cluster");

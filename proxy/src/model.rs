@@ -124,7 +124,95 @@ pub struct Listener {
     pub bind: bool,
     /// Hand each accepted connection to the listener of its original destination.
     pub use_original_dst: bool,
+    /// TLS termination (a gateway's HTTPS server).
+    pub tls: Option<ServerTls>,
     pub filter: NetworkFilter,
+}
+
+/// A certificate or key: a file, or the PEM inline.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Pem {
+    File(String),
+    Inline(Vec<u8>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServerTls {
+    pub certificate_chain: Pem,
+    pub private_key: Pem,
+    pub alpn: Vec<String>,
+}
+
+fn pem(
+    d: Option<&envoy_types::pb::envoy::config::core::v3::DataSource>,
+    resource: &str,
+    field: &str,
+) -> Result<Pem, Refused> {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    match d.and_then(|d| d.specifier.as_ref()) {
+        Some(Specifier::Filename(f)) => Ok(Pem::File(f.clone())),
+        Some(Specifier::InlineBytes(b)) => Ok(Pem::Inline(b.clone())),
+        Some(Specifier::InlineString(s)) => Ok(Pem::Inline(s.clone().into_bytes())),
+        _ => Err(refuse(
+            resource,
+            field,
+            "a file name or inline PEM is required",
+        )),
+    }
+}
+
+fn server_tls(
+    ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
+    resource: &str,
+) -> Result<ServerTls, Refused> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+    let field = "filter_chains[0].transport_socket";
+    let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
+        return Err(refuse(resource, field, "no typed_config"));
+    };
+    let ctx: DownstreamTlsContext = decode(any, resource, field)?;
+    if ctx
+        .require_client_certificate
+        .as_ref()
+        .is_some_and(|b| b.value)
+    {
+        return Err(refuse(
+            resource,
+            field,
+            "client certificates (mutual TLS) are not supported yet",
+        ));
+    }
+    let common = ctx.common_tls_context.unwrap_or_default();
+    if common.validation_context_type.is_some()
+        || !common.tls_certificate_sds_secret_configs.is_empty()
+    {
+        return Err(refuse(
+            resource,
+            field,
+            "validation contexts and SDS are not supported yet",
+        ));
+    }
+    let [cert] = common.tls_certificates.as_slice() else {
+        return Err(refuse(
+            resource,
+            &format!("{field}.tls_certificates"),
+            "exactly one certificate is supported",
+        ));
+    };
+    Ok(ServerTls {
+        certificate_chain: pem(
+            cert.certificate_chain.as_ref(),
+            resource,
+            &format!("{field}.tls_certificates[0].certificate_chain"),
+        )?,
+        private_key: pem(
+            cert.private_key.as_ref(),
+            resource,
+            &format!("{field}.tls_certificates[0].private_key"),
+        )?,
+        alpn: common.alpn_protocols,
+    })
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -268,9 +356,11 @@ pub fn listener(l: &PbListener) -> Result<Listener, Refused> {
     if chain.filter_chain_match.is_some() {
         return Err(unsupported(name, "filter_chains[0].filter_chain_match"));
     }
-    if chain.transport_socket.is_some() {
-        return Err(unsupported(name, "filter_chains[0].transport_socket"));
-    }
+    let tls = chain
+        .transport_socket
+        .as_ref()
+        .map(|ts| server_tls(ts, name))
+        .transpose()?;
     let [filter] = chain.filters.as_slice() else {
         return Err(refuse(
             name,
@@ -312,9 +402,16 @@ pub fn listener(l: &PbListener) -> Result<Listener, Refused> {
             format!("network filter {} is not supported", any.type_url),
         ));
     };
+    if tls.is_some() && matches!(filter, NetworkFilter::Tcp(_)) {
+        return Err(unsupported(
+            name,
+            "filter_chains[0].transport_socket with tcp_proxy",
+        ));
+    }
     Ok(Listener {
         name: name.to_owned(),
         address,
+        tls,
         bind: l.bind_to_port.as_ref().is_none_or(|b| b.value),
         use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
         filter,

@@ -24,6 +24,7 @@ pub struct Stats {
     pub upstream_retries: Counter,
     pub listener_errors: Counter,
     pub access_logs_dropped: Counter,
+    pub tls_errors: Counter,
     pub responses: Family<ResponseLabels, Counter>,
 }
 
@@ -56,6 +57,10 @@ impl Default for Stats {
             "access_logs_grpc_logs_dropped",
             "Access log entries dropped (buffer full)",
         );
+        let tls_errors = counter(
+            "listener_ssl_errors",
+            "TLS handshakes or certificates that failed",
+        );
         let responses = Family::<ResponseLabels, Counter>::default();
         registry.register(
             "cluster_upstream_rq_xx",
@@ -73,6 +78,7 @@ impl Default for Stats {
             upstream_retries,
             listener_errors,
             access_logs_dropped,
+            tls_errors,
             responses,
         }
     }

@@ -273,6 +273,7 @@ const MESH_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("setpriv", "util-linux"),
     ("curl", "curl"),
+    ("openssl", "openssl"),
 ];
 
 /// Debian packages the tests run (binary name, package), installed when missing.

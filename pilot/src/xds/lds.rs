@@ -33,7 +33,15 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpCluster;
 use envoy_types::pb::google::protobuf::BoolValue;
-use keel_config::networking::{Gateway, Protocol, parse_protocol};
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as TransportSocketConfig;
+use envoy_types::pb::envoy::config::core::v3::{DataSource, TransportSocket};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, DownstreamTlsContext, TlsCertificate,
+};
+use keel_config::networking::{
+    Gateway, Protocol, ServerTlsMode, ServerTlsSettings, parse_protocol,
+};
 
 use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType as AccessLogConfig;
@@ -333,37 +341,85 @@ pub fn gateways_for<'a>(
         .collect()
 }
 
-/// A router's listeners: one bound listener per gateway server port.
+/// A router's listeners: one bound listener per gateway server port. HTTP servers route by
+/// `http.PORT`; HTTPS servers with `tls.mode: SIMPLE` terminate TLS with the server's
+/// certificate files (Istio 1.0's `/etc/istio/ingressgateway-certs/...`) and route the same
+/// way. Other TLS modes (PASSTHROUGH, MUTUAL) and plain TCP servers are not emitted yet.
 pub fn gateway_listeners(gateways: &[&(String, &Gateway)], logs: AccessLogs<'_>) -> Vec<Listener> {
-    let mut ports: BTreeMap<u16, Protocol> = BTreeMap::new();
+    let mut ports: BTreeMap<u16, (Protocol, Option<&ServerTlsSettings>)> = BTreeMap::new();
     for (_, g) in gateways {
         for s in &g.servers {
             if let Ok(port) = u16::try_from(s.port.number) {
-                ports
-                    .entry(port)
-                    .or_insert(parse_protocol(&s.port.protocol).unwrap_or(Protocol::Tcp));
+                ports.entry(port).or_insert((
+                    parse_protocol(&s.port.protocol).unwrap_or(Protocol::Tcp),
+                    s.tls.as_ref(),
+                ));
             }
         }
     }
     ports
         .into_iter()
-        .filter(|(_, proto)| proto.is_http())
-        .map(|(port, _)| {
-            listener(
-                format!("0.0.0.0_{port}"),
-                "0.0.0.0",
-                port,
-                true,
-                vec![hcm(
+        .filter_map(|(port, (proto, tls))| {
+            let hcm_filter = || {
+                hcm(
                     &format!("http.{port}"),
                     rds(&format!("http.{port}")),
                     true,
                     logs,
                     OUTBOUND,
-                )],
-            )
+                )
+            };
+            if proto.is_http() {
+                return Some(listener(
+                    format!("0.0.0.0_{port}"),
+                    "0.0.0.0",
+                    port,
+                    true,
+                    vec![hcm_filter()],
+                ));
+            }
+            let tls = tls?;
+            if proto != Protocol::Https || tls.mode != Some(ServerTlsMode::Simple) {
+                return None;
+            }
+            let mut l = listener(
+                format!("0.0.0.0_{port}"),
+                "0.0.0.0",
+                port,
+                true,
+                vec![hcm_filter()],
+            );
+            if let Some(chain) = l.filter_chains.first_mut() {
+                chain.transport_socket = Some(server_tls(tls));
+            }
+            Some(l)
         })
         .collect()
+}
+
+fn server_tls(tls: &ServerTlsSettings) -> TransportSocket {
+    let file = |p: &Option<String>| {
+        p.as_ref().map(|f| DataSource {
+            specifier: Some(Specifier::Filename(f.clone())),
+            ..Default::default()
+        })
+    };
+    let ctx = DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates: vec![TlsCertificate {
+                certificate_chain: file(&tls.server_certificate),
+                private_key: file(&tls.private_key),
+                ..Default::default()
+            }],
+            alpn_protocols: vec!["http/1.1".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(TransportSocketConfig::TypedConfig(any(&ctx))),
+    }
 }
 
 /// Every listener `proxy` needs.
