@@ -64,10 +64,11 @@ impl Mesh {
             proxy: proxy.to_owned(),
         };
         let mut up = mesh.keelctl(&["up", "--proxy", proxy])?;
-        // The mesh's fixed ports (42422, 31380, ...) lie in Linux's ephemeral range: a
-        // client connection of another program can hold one for a moment. Try again once.
-        if !up.ok && up.stderr.contains("is in use") {
-            std::thread::sleep(Duration::from_secs(3));
+        // Mixer's 42422 lies in Linux's ephemeral range: a client connection elsewhere that
+        // used it holds it in TIME_WAIT for up to a minute (`cargo xtask test` reserves it).
+        let deadline = std::time::Instant::now() + Duration::from_secs(75);
+        while !up.ok && up.stderr.contains("is in use") && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_secs(5));
             up = mesh.keelctl(&["up", "--proxy", proxy])?;
         }
         if !up.ok {

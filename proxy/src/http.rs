@@ -423,6 +423,16 @@ async fn route_request(
     let Some(cluster) = config.clusters.get(&cluster_name).cloned() else {
         return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
     };
+    if cluster.http2 {
+        // The cluster is accepted for gRPC access logs (tonic speaks HTTP/2 there), but this
+        // data path only speaks HTTP/1.1 upstream: say so instead of sending the wrong protocol.
+        shared.stats.unsupported_upstream.inc();
+        tracing::warn!(cluster = %cluster.name, "HTTP/2 upstreams are not supported by keel-proxy yet");
+        return local_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream requires HTTP/2, which keel-proxy does not speak yet",
+        );
+    }
     let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),

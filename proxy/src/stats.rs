@@ -25,6 +25,7 @@ pub struct Stats {
     pub listener_errors: Counter,
     pub access_logs_dropped: Counter,
     pub tls_errors: Counter,
+    pub unsupported_upstream: Counter,
     pub responses: Family<ResponseLabels, Counter>,
 }
 
@@ -61,6 +62,10 @@ impl Default for Stats {
             "listener_ssl_errors",
             "TLS handshakes or certificates that failed",
         );
+        let unsupported_upstream = counter(
+            "cluster_upstream_rq_unsupported_protocol",
+            "Requests refused because the upstream needs HTTP/2",
+        );
         let responses = Family::<ResponseLabels, Counter>::default();
         registry.register(
             "cluster_upstream_rq_xx",
@@ -79,6 +84,7 @@ impl Default for Stats {
             listener_errors,
             access_logs_dropped,
             tls_errors,
+            unsupported_upstream,
             responses,
         }
     }

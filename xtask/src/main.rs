@@ -107,6 +107,12 @@ fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
     let python = ensure_python_tools(&root)?;
     ensure_debian_packages(MESH_PACKAGES)?;
 
+    // The local mesh's mixer adapter port (42422, Istio's) lies in Linux's ephemeral range:
+    // a test's client connection that used it would hold it in TIME_WAIT for a minute and
+    // `keelctl up` in the walkthrough would find it taken. Reserve it for this run, as
+    // kubelet reserves node ports, and give the old setting back afterwards.
+    let _reserved = ReservedPorts::reserve(&[42422]);
+
     let mut steps = Vec::new();
     let mut run = |name: &'static str, cmd: &mut Command| -> Result<bool> {
         eprintln!("xtask: == {name}: {cmd:?}");
@@ -185,6 +191,49 @@ fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
         bail!("failed steps: {}", failed.join(", "));
     }
     Ok(())
+}
+
+const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+
+/// Ports kept out of the ephemeral range while alive (`ip_local_reserved_ports`).
+struct ReservedPorts {
+    previous: Option<String>,
+}
+
+impl ReservedPorts {
+    fn reserve(ports: &[u16]) -> ReservedPorts {
+        let Ok(previous) = std::fs::read_to_string(RESERVED_PORTS) else {
+            return ReservedPorts { previous: None };
+        };
+        let previous = previous.trim().to_owned();
+        let mut list: Vec<String> = previous
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect();
+        for p in ports {
+            list.push(p.to_string());
+        }
+        match std::fs::write(RESERVED_PORTS, list.join(",")) {
+            Ok(()) => ReservedPorts {
+                previous: Some(previous),
+            },
+            Err(e) => {
+                eprintln!(
+                    "xtask: cannot reserve ports {ports:?} ({e}); the walkthrough may find them taken"
+                );
+                ReservedPorts { previous: None }
+            }
+        }
+    }
+}
+
+impl Drop for ReservedPorts {
+    fn drop(&mut self) {
+        if let Some(p) = &self.previous {
+            let _ = std::fs::write(RESERVED_PORTS, if p.is_empty() { "\n" } else { p });
+        }
+    }
 }
 
 /// Tests read Istio's reference files from `../shared/` beside the checkout; say so plainly
