@@ -918,12 +918,15 @@ fn down_after_a_crash(proxy: &str) -> Result<()> {
     std::process::Command::new("kill")
         .args(["-9", &pid])
         .status()?;
-    let status = mesh.keelctl(&["status"])?;
-    ensure!(
-        !status.ok && status.stdout.contains("failed"),
-        "status after the crash: {}",
-        status.stdout
-    );
+    // SIGKILL lands asynchronously: poll until status sees the runtime gone.
+    eventually(
+        "keelctl status to report the crash",
+        Duration::from_secs(10),
+        || {
+            let status = mesh.keelctl(&["status"])?;
+            Ok((!status.ok && status.stdout.contains("failed")).then_some(()))
+        },
+    )?;
     let down = mesh.down()?;
     ensure!(
         down.ok,
