@@ -457,6 +457,7 @@ impl Runtime {
         self.set_progress("creating the pod network");
         self.net.up()?;
         enable_forwarding()?;
+        reserve_ports(&self.opts.layout, &[self.opts.ports.mixer_prometheus]);
 
         self.set_progress("starting galley");
         self.component(
@@ -1340,6 +1341,7 @@ impl Runtime {
             tracing::warn!(error = %e, "cannot remove the pod network");
         }
         remove_etc_istio(&self.opts.layout);
+        restore_reserved_ports(&self.opts.layout);
         let _ = std::fs::remove_file(self.opts.layout.runtime_pid());
     }
 }
@@ -1369,6 +1371,51 @@ fn gateway_cert_dirs(layout: &Layout, netns: &str) -> Result<(), RuntimeError> {
 
 /// Marks that this run created `/etc/istio` (removed at teardown when empty).
 const CREATED_ETC_ISTIO: &str = "created-etc-istio";
+
+const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+/// The reservation setting before this run changed it, when it did.
+const RESERVED_BEFORE: &str = "reserved-ports-before";
+
+/// Keeps the mesh's ports that lie in Linux's ephemeral range (mixer's 42422) out of it
+/// while the mesh runs, as kubelet does for node ports: otherwise a client connection
+/// elsewhere can take the port and the component cannot (re)bind it.
+fn reserve_ports(layout: &Layout, ports: &[u16]) {
+    let Ok(current) = std::fs::read_to_string(RESERVED_PORTS) else {
+        return;
+    };
+    let current = current.trim().to_owned();
+    let listed: Vec<&str> = current.split(',').filter(|p| !p.is_empty()).collect();
+    let missing: Vec<String> = ports
+        .iter()
+        .map(u16::to_string)
+        .filter(|p| !listed.contains(&p.as_str()))
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    if std::fs::write(layout.home.join(RESERVED_BEFORE), &current).is_err() {
+        return;
+    }
+    let mut all: Vec<String> = listed.iter().map(|p| (*p).to_owned()).collect();
+    all.extend(missing);
+    if let Err(e) = std::fs::write(RESERVED_PORTS, all.join(",")) {
+        tracing::warn!(error = %e, "cannot reserve the mesh's ports");
+        let _ = std::fs::remove_file(layout.home.join(RESERVED_BEFORE));
+    }
+}
+
+fn restore_reserved_ports(layout: &Layout) {
+    let record = layout.home.join(RESERVED_BEFORE);
+    if let Ok(before) = std::fs::read_to_string(&record) {
+        let value = if before.is_empty() {
+            "\n".to_owned()
+        } else {
+            before
+        };
+        let _ = std::fs::write(RESERVED_PORTS, value);
+        let _ = std::fs::remove_file(record);
+    }
+}
 
 fn remove_etc_istio(layout: &Layout) {
     if layout.home.join(CREATED_ETC_ISTIO).exists() {
@@ -1504,6 +1551,7 @@ pub fn teardown_from_record(layout: &Layout) -> Vec<String> {
     capture::remove_service_rules();
     remove_vip_route();
     remove_etc_istio(layout);
+    restore_reserved_ports(layout);
     let _ = std::fs::remove_file(layout.runtime_pid());
     problems
 }
