@@ -1469,19 +1469,7 @@ fn subscribe_galley(
 }
 
 fn keel_xds_snapshot(state: &keel_xds::client::ClientState) -> Snapshot {
-    let version = state
-        .types
-        .values()
-        .filter_map(|t| t.version.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0);
-    Snapshot::from_json_documents(
-        version,
-        state
-            .types
-            .values()
-            .flat_map(|t| t.resources.iter().map(|a| a.value.as_slice())),
-    )
+    Snapshot::from_json_documents(state.snapshot_version(), state.payloads())
 }
 
 fn network_of(ip: Ipv4Addr, prefix: u8) -> (Ipv4Addr, u8) {

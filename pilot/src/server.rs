@@ -80,17 +80,7 @@ pub enum StartError {
 
 /// Galley's resources as a configuration snapshot.
 pub fn config_from_galley(state: &ClientState) -> Snapshot {
-    let version = state
-        .types
-        .values()
-        .filter_map(|t| t.version.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0);
-    let documents = state
-        .types
-        .values()
-        .flat_map(|t| t.resources.iter().map(|any| any.value.as_slice()));
-    Snapshot::from_json_documents(version, documents)
+    Snapshot::from_json_documents(state.snapshot_version(), state.payloads())
 }
 
 /// Computes each connected proxy's snapshot from the mesh, debounced.

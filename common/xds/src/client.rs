@@ -94,6 +94,25 @@ impl Validate for AcceptAll {
     }
 }
 
+impl ClientState {
+    /// The highest version among the accepted types, for servers (galley) that number
+    /// whole snapshots; 0 when none is numeric.
+    pub fn snapshot_version(&self) -> u64 {
+        self.types
+            .values()
+            .filter_map(|t| t.version.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Every accepted resource's encoded payload, of every type.
+    pub fn payloads(&self) -> impl Iterator<Item = &[u8]> {
+        self.types
+            .values()
+            .flat_map(|t| t.resources.iter().map(|any| any.value.as_slice()))
+    }
+}
+
 /// Starts the client; the task runs until the returned receiver's last clone is dropped.
 pub fn spawn(
     config: ClientConfig,
