@@ -8,6 +8,7 @@
 //! service around it (report intake, galley subscription, HTTP) owns the I/O.
 
 pub mod adapter;
+pub mod forward;
 pub mod instance;
 pub mod metrics;
 pub mod plan;
