@@ -11,6 +11,7 @@ pub mod adapter;
 pub mod forward;
 pub mod instance;
 pub mod metrics;
+pub mod names;
 pub mod plan;
 pub mod report;
 pub mod server;

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::adapter::{fluentd, prometheus::Exporter, stdio};
 use crate::metrics::{HandlerLabels, Metrics, ProtocolLabels};
+use crate::names::Resolver;
 use crate::plan::Plan;
 use crate::report::{Attributes, Reporter, http_attributes, tcp_attributes};
 
@@ -60,6 +61,11 @@ pub struct Args {
     pub queue: usize,
     #[arg(long, default_value = "text")]
     pub log_format: String,
+    /// A hosts file (`/etc/hosts` format) consulted first when adapters resolve backend names
+    /// such as `fluentd-es.logging`; re-read on each lookup. The local mesh passes its view of
+    /// the cluster's service names.
+    #[arg(long)]
+    pub hosts_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +102,8 @@ pub struct Shared {
     exporter: Mutex<Exporter>,
     /// Running fluentd handlers by full name.
     fluentd: Mutex<std::collections::HashMap<String, fluentd::Sink>>,
+    /// How adapters find their backends.
+    names: Resolver,
     pub metrics: Metrics,
 }
 
@@ -130,7 +138,7 @@ impl Shared {
                 if let Adapter::Fluentd(params) = &h.adapter {
                     let sink = match sinks.remove(&*h.name) {
                         Some(s) if s.params == *params => s,
-                        _ => fluentd::Sink::start(params.clone()),
+                        _ => fluentd::Sink::start(params.clone(), self.names.clone()),
                     };
                     keep.insert(h.name.to_string(), sink);
                 }
@@ -357,6 +365,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         registry: RwLock::new(Arc::new(Registry::default())),
         exporter: Mutex::new(Exporter::new()),
         fluentd: Mutex::new(std::collections::HashMap::new()),
+        names: Resolver::new(args.hosts_file.clone()),
         metrics: Metrics::new(),
     });
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use keel_attributes::Value;
 use keel_config::mixer::FluentdParams;
 use keel_mixer::adapter::fluentd::{Sink, entry};
+use keel_mixer::names::Resolver;
 use keel_mixer::{Instance, InstanceBody};
 mod common;
 use common::{Received, free_port, receiver};
@@ -65,7 +66,7 @@ async fn every_entry_arrives_in_order_across_a_receiver_restart() {
         instance_buffer_size: Some(100),
         ..Default::default()
     };
-    let sink = Sink::start(params.clone());
+    let sink = Sink::start(params.clone(), Resolver::default());
     for i in 0..50 {
         assert!(sink.offer(entry(&params, &log(i)).unwrap()));
     }
@@ -106,7 +107,7 @@ async fn past_the_buffer_entries_are_dropped_and_counted() {
         integer_duration: Some(true),
         ..Default::default()
     };
-    let sink = Sink::start(params.clone());
+    let sink = Sink::start(params.clone(), Resolver::default());
     // Nobody listens: the first entry is taken into a batch that waits for the receiver...
     assert!(sink.offer(entry(&params, &log(0)).unwrap()));
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -128,6 +128,12 @@ async fn reports_from_a_proxy_reach_prometheus_through_galley_config() {
             )
             .unwrap();
     }
+    let hosts_file = dir.join("hosts");
+    std::fs::write(
+        &hosts_file,
+        "127.0.0.1\tfluentd-es.logging.svc.cluster.local fluentd-es.logging.svc fluentd-es.logging\n",
+    )
+    .unwrap();
     let mixer = keel_mixer::server::start(&keel_mixer::server::Args {
         galley: format!("http://{}", galley.grpc_addr),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
@@ -136,6 +142,7 @@ async fn reports_from_a_proxy_reach_prometheus_through_galley_config() {
         config_namespace: "istio-system".into(),
         queue: 1000,
         log_format: "text".into(),
+        hosts_file: Some(hosts_file.clone()),
     })
     .await
     .unwrap();
@@ -269,8 +276,9 @@ async fn reports_from_a_proxy_reach_prometheus_through_galley_config() {
         assert_eq!(v["responseSize"], 178);
     }
 
-    // The walkthrough's fluentd-istio.yaml, pointed at a forward-protocol receiver here
-    // instead of fluentd-es.logging:24224: every report arrives as one log record.
+    // The walkthrough's fluentd-istio.yaml with only the port changed: mixer finds
+    // fluentd-es.logging through its hosts file, as in the local mesh, and every report
+    // arrives as one log record.
     let fluentd_port = common::free_port();
     let got: common::Received = std::sync::Arc::default();
     let _receiver = common::receiver(fluentd_port, got.clone()).await;
@@ -279,7 +287,7 @@ async fn reports_from_a_proxy_reach_prometheus_through_galley_config() {
             .unwrap()
             .replace(
                 "fluentd-es.logging:24224",
-                &format!("127.0.0.1:{fluentd_port}"),
+                &format!("fluentd-es.logging:{fluentd_port}"),
             );
     galley
         .state

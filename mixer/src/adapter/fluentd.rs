@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::instance::{Instance, InstanceBody};
+use crate::names::Resolver;
 
 const DEFAULT_ADDRESS: &str = "localhost:24224";
 const DEFAULT_BUFFER: usize = 1024;
@@ -128,8 +129,8 @@ impl Drop for Sink {
 }
 
 impl Sink {
-    /// Starts shipping to `params.address` (default `localhost:24224`).
-    pub fn start(params: FluentdParams) -> Sink {
+    /// Starts shipping to `params.address` (default `localhost:24224`), found by `names`.
+    pub fn start(params: FluentdParams, names: Resolver) -> Sink {
         let buffer = params
             .instance_buffer_size
             .and_then(|n| usize::try_from(n).ok())
@@ -138,7 +139,7 @@ impl Sink {
         let (tx, rx) = mpsc::channel(buffer);
         let dropped = Arc::new(AtomicU64::new(0));
         let delivered = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(ship(params.clone(), rx, delivered.clone()));
+        let task = tokio::spawn(ship(params.clone(), names, rx, delivered.clone()));
         Sink {
             tx,
             dropped,
@@ -159,7 +160,12 @@ impl Sink {
     }
 }
 
-async fn ship(params: FluentdParams, mut rx: mpsc::Receiver<Entry>, delivered: Arc<AtomicU64>) {
+async fn ship(
+    params: FluentdParams,
+    names: Resolver,
+    mut rx: mpsc::Receiver<Entry>,
+    delivered: Arc<AtomicU64>,
+) {
     let address = params
         .address
         .clone()
@@ -204,7 +210,7 @@ async fn ship(params: FluentdParams, mut rx: mpsc::Receiver<Entry>, delivered: A
         let mut next = 0;
         while next < messages.len() {
             if conn.is_none() {
-                match tokio::net::TcpStream::connect(&address).await {
+                match names.connect(&address).await {
                     Ok(s) => {
                         let _ = s.set_nodelay(true);
                         conn = Some(s);
