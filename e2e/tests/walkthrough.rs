@@ -1,7 +1,8 @@
 //! The user's walkthrough, end to end, on the local mesh: `keelctl up`, Bookinfo from Istio's
 //! own 1.0 files and then from Keel's samples, every check of bookinfo.md part C (smoke,
 //! request routing, fault delay, the fix by editing the VirtualService, abort, traffic
-//! shifting), the walkthrough's telemetry (new_telemetry.yaml, Prometheus, mixer's log),
+//! shifting), the walkthrough's telemetry (new_telemetry.yaml, Prometheus, mixer's log), its
+//! EFK step (logging-stack.yaml and fluentd-istio.yaml, taken from the walkthrough itself),
 //! restarts, rolls, and `keelctl down` leaving nothing behind.
 //!
 //! Needs root (network namespaces, iptables), Envoy and the built binaries: `cargo xtask
@@ -693,6 +694,149 @@ fn telemetry(mesh: &Mesh, gw: &str) -> Result<()> {
     Ok(())
 }
 
+/// A YAML block of the user's walkthrough (../shared/seeds), by what precedes and follows it.
+fn seed_block(after: &str, before: &str) -> Result<String> {
+    for e in std::fs::read_dir(shared().join("seeds"))? {
+        let text = std::fs::read_to_string(e?.path())?;
+        if let Some(start) = text.find(after).map(|i| i + after.len()) {
+            let len = text[start..]
+                .find(before)
+                .ok_or_else(|| anyhow::anyhow!("no {before:?} after {after:?} in the seed"))?;
+            return Ok(text[start..start + len].to_owned());
+        }
+    }
+    bail!("no seed has {after:?}")
+}
+
+/// Lines keel-fluentd printed for the walkthrough's `newlog` entries, in the current (or the
+/// previous) run of the fluentd-es container.
+fn fluentd_lines(mesh: &Mesh, previous: bool) -> Result<Vec<Value>> {
+    let mut args = vec!["-n", "logging", "logs", "deploy/fluentd-es"];
+    if previous {
+        args.push("--previous");
+    }
+    let out = mesh.keelctl(&args)?;
+    if previous && !out.ok {
+        return Ok(Vec::new());
+    }
+    ensure!(out.ok, "keelctl logs deploy/fluentd-es: {}", out.stderr);
+    Ok(out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_once(" newlog.logentry.istio-system: "))
+        .filter_map(|(_, json)| serde_json::from_str(json).ok())
+        .collect())
+}
+
+/// The walkthrough's EFK step: its logging-stack.yaml (fluentd-es runs as keel-fluentd;
+/// Elasticsearch and Kibana have no local program and say so) and its fluentd-istio.yaml
+/// verbatim: mixer reaches `fluentd-es.logging:24224` by the service's VIP, every report
+/// arrives as one record, and none is lost while fluentd restarts.
+fn logs_to_fluentd(mesh: &Mesh, gw: &str) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("keel-e2e-efk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let stack = dir.join("logging-stack.yaml");
+    std::fs::write(
+        &stack,
+        seed_block("kubectl apply -f logging-stack.yaml\n", "\n现在有一个")?,
+    )?;
+    let to_fluentd = dir.join("fluentd-istio.yaml");
+    std::fs::write(
+        &to_fluentd,
+        seed_block(
+            "即可让istio实现日志自动生成和收集。\n",
+            "kubectl apply -f fluentd-istio.yaml",
+        )?,
+    )?;
+    mesh.apply(&stack)?;
+    let pod = eventually("fluentd-es running", Duration::from_secs(30), || {
+        let out = mesh.keelctl(&["get", "pods", "-n", "logging"])?.stdout;
+        Ok(out
+            .lines()
+            .find(|l| l.starts_with("fluentd-es-") && l.contains("Running"))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_owned))
+    })?;
+    let problems = mesh.status()?["problems"].to_string();
+    ensure!(
+        problems.contains("elasticsearch-oss:6.1.1") && problems.contains("kibana-oss:6.1.1"),
+        "Elasticsearch and Kibana should be reported as not runnable here: {problems}"
+    );
+    mesh.apply(&to_fluentd)?;
+    eventually("mixer running the fluentd rule", PROPAGATION, || {
+        let c = Client::new("127.0.0.1:15014")
+            .get("/debug/configz", &[])?
+            .body;
+        Ok(c.contains("handler.fluentd").then_some(()))
+    })?;
+    let count = |mesh: &Mesh| -> Result<usize> {
+        Ok(fluentd_lines(mesh, true)?.len() + fluentd_lines(mesh, false)?.len())
+    };
+    let before = quiet_reports()?;
+    let lines_before = count(mesh)?;
+    for _ in 0..5 {
+        ensure!(Client::new(gw).get("/productpage", &[])?.status == 200);
+    }
+    let reports = quiet_reports()? - before;
+    ensure!(
+        reports == 40.0,
+        "{reports} reports for 5 pages under reviews-v3"
+    );
+    eventually("every report in fluentd", Duration::from_secs(30), || {
+        Ok((count(mesh)? == lines_before + 40).then_some(()))
+    })?;
+    let lines = fluentd_lines(mesh, false)?;
+    let details = lines
+        .iter()
+        .find(|l| l["destination"] == "details")
+        .ok_or_else(|| anyhow::anyhow!("no record for details: {lines:?}"))?;
+    ensure!(
+        details["responseSize"] == 178
+            && details["source"] == "productpage"
+            && details["responseCode"] == 200
+            && details["severity"] == "info"
+            && details["latency"]
+                .as_str()
+                .is_some_and(|l| l.ends_with('s')),
+        "{details}"
+    );
+
+    // fluentd goes away (killed, restarted by the supervisor); what mixer sends meanwhile
+    // waits in its buffer and arrives after the restart.
+    let netns = format!("keel-logging.{pod}");
+    let pids = std::process::Command::new("ip")
+        .args(["netns", "pids", &netns])
+        .output()?;
+    let fluentd = String::from_utf8_lossy(&pids.stdout)
+        .split_whitespace()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "keel-fluentd")
+        })
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no keel-fluentd process in {netns}"))?;
+    let lines_before = count(mesh)?;
+    std::process::Command::new("kill")
+        .args(["-9", &fluentd])
+        .status()?;
+    for _ in 0..5 {
+        ensure!(Client::new(gw).get("/productpage", &[])?.status == 200);
+    }
+    eventually(
+        "every report in fluentd after its restart",
+        Duration::from_secs(30),
+        || {
+            let previous = fluentd_lines(mesh, true)?.len();
+            let current = fluentd_lines(mesh, false)?.len();
+            Ok((previous + current == lines_before + 40 && current > 0).then_some(()))
+        },
+    )?;
+    mesh.delete(&to_fluentd)?;
+    mesh.delete(&stack)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// A crashed container restarts (counted); an edited Deployment rolls its pods.
 fn restarts_and_rolls(mesh: &Mesh, gw: &str) -> Result<()> {
     let status = mesh.status()?;
@@ -1007,6 +1151,7 @@ fn run_all(proxy: &str) -> Result<()> {
     https_gateway(&mesh)?;
     let gw = mesh.gateway()?;
     telemetry(&mesh, &gw)?;
+    logs_to_fluentd(&mesh, &gw)?;
     restarts_and_rolls(&mesh, &gw)?;
     pod_without_sidecar(&mesh)?;
     let down = mesh.down()?;

@@ -18,6 +18,8 @@ pub const INBOUND_CAPTURE_PORT: u16 = 15006;
 /// The host chain holding Services' virtual IPs.
 pub const SERVICES_CHAIN: &str = "KEEL-SERVICES";
 const SERVICES_POSTROUTING: &str = "KEEL-POSTROUTING";
+/// Filter chain refusing VIP traffic that no Service rule rewrote.
+const VIP_GUARD: &str = "KEEL-VIP-GUARD";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -76,10 +78,11 @@ pub struct VirtualPort {
 
 /// The host's Service chains, kube-proxy style: a connection to VIP:PORT is sent to one
 /// endpoint at random (equal shares), and masqueraded when it comes from the pods' subnet so
-/// the reply goes back through the host. A port without endpoints matches nothing; the
-/// runtime's unreachable route for the VIP range then fails the connection at once (and
-/// keeps VIP traffic from ever leaving the machine).
-pub fn service_rules(ports: &[VirtualPort], subnet: (Ipv4Addr, u8)) -> String {
+/// the reply goes back through the host. The VIP range is routed to the bridge (so the host's
+/// own connections, mixer's to fluentd say, get as far as the nat OUTPUT hook); a connection
+/// no rule rewrote (a port without endpoints, an undeclared port) is refused by the guard
+/// chain at once, from the host (OUTPUT) and from pods (FORWARD), and never reaches a link.
+pub fn service_rules(ports: &[VirtualPort], subnet: (Ipv4Addr, u8), vip_range: &str) -> String {
     let (net, prefix) = subnet;
     let mut r = String::from("*nat\n");
     r.push_str(&format!(":{SERVICES_CHAIN} - [0:0]\n"));
@@ -105,6 +108,11 @@ pub fn service_rules(ports: &[VirtualPort], subnet: (Ipv4Addr, u8)) -> String {
     }
     r.push_str(&format!(
         "-A {SERVICES_POSTROUTING} -s {net}/{prefix} -d {net}/{prefix} -m conntrack --ctstate DNAT -j MASQUERADE\n"
+    ));
+    r.push_str("COMMIT\n*filter\n");
+    r.push_str(&format!(":{VIP_GUARD} - [0:0]\n-F {VIP_GUARD}\n"));
+    r.push_str(&format!(
+        "-A {VIP_GUARD} -d {vip_range} -j REJECT --reject-with icmp-host-unreachable\n"
     ));
     r.push_str("COMMIT\n");
     r
@@ -160,16 +168,15 @@ const HOST_JUMPS: &[(&str, &str, &str)] = &[
     ("nat", "PREROUTING", SERVICES_CHAIN),
     ("nat", "OUTPUT", SERVICES_CHAIN),
     ("nat", "POSTROUTING", SERVICES_POSTROUTING),
+    ("filter", "OUTPUT", VIP_GUARD),
+    ("filter", "FORWARD", VIP_GUARD),
 ];
 
 /// Replaces the host's Service rules (chains created on first use, jumps added once).
-pub fn apply_service_rules(
-    ports: &[VirtualPort],
-    subnet: (Ipv4Addr, u8),
-) -> Result<(), CaptureError> {
+pub fn apply_service_rules(rules: &str) -> Result<(), CaptureError> {
     let mut cmd = Command::new("iptables-restore");
     cmd.arg("--noflush");
-    run(cmd, Some(&service_rules(ports, subnet)))?;
+    run(cmd, Some(rules))?;
     for (table, chain, target) in HOST_JUMPS {
         let mut check = Command::new("iptables");
         check.args(["-w", "-t", table, "-C", chain, "-j", target]);
@@ -194,7 +201,11 @@ pub fn remove_service_rules() {
             }
         }
     }
-    for (table, chain) in [("nat", SERVICES_CHAIN), ("nat", SERVICES_POSTROUTING)] {
+    for (table, chain) in [
+        ("nat", SERVICES_CHAIN),
+        ("nat", SERVICES_POSTROUTING),
+        ("filter", VIP_GUARD),
+    ] {
         for op in ["-F", "-X"] {
             let mut cmd = Command::new("iptables");
             cmd.args(["-w", "-t", table, op, chain]);
@@ -239,7 +250,7 @@ mod tests {
                 endpoints: vec![],
             },
         ];
-        let r = service_rules(&ports, (Ipv4Addr::new(10, 88, 0, 0), 16));
+        let r = service_rules(&ports, (Ipv4Addr::new(10, 88, 0, 0), 16), "240.240.0.0/16");
         let dnat: Vec<&str> = r.lines().filter(|l| l.contains("-j DNAT")).collect();
         assert_eq!(dnat.len(), 3);
         assert!(dnat[0].contains("--probability 0.33333") && dnat[0].ends_with("10.88.0.2:9080"));
@@ -249,5 +260,11 @@ mod tests {
         assert!(
             r.contains("-s 10.88.0.0/16 -d 10.88.0.0/16 -m conntrack --ctstate DNAT -j MASQUERADE")
         );
+        // What no rule rewrote is refused, in the filter table (after nat OUTPUT/PREROUTING).
+        let filter = &r[r.find("*filter\n").expect("a filter section")..];
+        assert!(filter.contains(
+            "-A KEEL-VIP-GUARD -d 240.240.0.0/16 -j REJECT --reject-with icmp-host-unreachable\n"
+        ));
+        assert!(filter.ends_with("COMMIT\n"));
     }
 }

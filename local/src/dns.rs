@@ -66,6 +66,19 @@ pub fn hosts_file(pod: &str, pod_ip: Ipv4Addr, pod_namespace: &str, vips: &Vips)
     let mut out = format!(
         "# Written by keel: the pod's view of service names.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{pod_ip}\t{pod}\n"
     );
+    push_services(&mut out, pod_namespace, vips);
+    out
+}
+
+/// The service names as a pod in `namespace` would see them, for a control-plane component
+/// that runs on the host (mixer's `--hosts-file`): its adapters' backends are cluster names.
+pub fn component_hosts_file(namespace: &str, vips: &Vips) -> String {
+    let mut out = format!("# Written by keel: service names as seen from {namespace}.\n");
+    push_services(&mut out, namespace, vips);
+    out
+}
+
+fn push_services(out: &mut String, namespace: &str, vips: &Vips) {
     for (svc, ip) in vips.iter() {
         let (n, ns) = (&svc.name, &svc.namespace);
         let mut names = vec![
@@ -73,12 +86,11 @@ pub fn hosts_file(pod: &str, pod_ip: Ipv4Addr, pod_namespace: &str, vips: &Vips)
             format!("{n}.{ns}.svc"),
             format!("{n}.{ns}"),
         ];
-        if ns == pod_namespace {
+        if ns == namespace {
             names.push(n.clone());
         }
         out.push_str(&format!("{ip}\t{}\n", names.join(" ")));
     }
-    out
 }
 
 /// No nameserver: glibc then asks 127.0.0.1 inside the pod, where nothing listens, so names
@@ -156,5 +168,10 @@ mod tests {
         assert!(h.contains("240.240.0.1\tdetails.default.svc.cluster.local details.default.svc details.default details\n"), "{h}");
         // Another namespace's service has no short name here.
         assert!(h.contains("240.240.0.2\tistio-telemetry.istio-system.svc.cluster.local istio-telemetry.istio-system.svc istio-telemetry.istio-system\n"), "{h}");
+        // Mixer's view from istio-system: the short name there, no pod line.
+        let m = component_hosts_file("istio-system", &v);
+        assert!(m.contains("240.240.0.2\tistio-telemetry.istio-system.svc.cluster.local istio-telemetry.istio-system.svc istio-telemetry.istio-system istio-telemetry\n"), "{m}");
+        assert!(m.contains("240.240.0.1\tdetails.default.svc.cluster.local details.default.svc details.default\n"), "{m}");
+        assert!(!m.contains("localhost"), "{m}");
     }
 }

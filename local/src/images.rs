@@ -8,7 +8,9 @@
 //! top, as they do on Kubernetes.
 //!
 //! The built-in table covers Keel's Bookinfo images and Istio's own
-//! (`istio/examples-bookinfo-*`), so Istio's bookinfo.yaml runs unchanged. Users add or
+//! (`istio/examples-bookinfo-*`), so Istio's bookinfo.yaml runs unchanged, and fluentd's
+//! (`keel-fluentd`: the forward input printing what arrives), so the logging walkthrough's
+//! fluentd-es Deployment runs; Elasticsearch and Kibana have no local program. Users add or
 //! replace entries with a YAML file (`$KEEL_HOME/images.yaml`):
 //!
 //! ```yaml
@@ -125,6 +127,17 @@ impl ImageTable {
                 "bookinfo-reviews",
                 &reviews_v3,
             ),
+            // Fluentd as the logging walkthrough deploys it: the forward input, events printed
+            // as out_stdout does (`keelctl logs -n logging deploy/fluentd-es`). Outputs the
+            // image's config names (elasticsearch) are not run.
+            entry(
+                "google-containers/fluentd-elasticsearch",
+                "keel-fluentd",
+                &[],
+            ),
+            entry("fluentd-elasticsearch", "keel-fluentd", &[]),
+            entry("fluent/fluentd", "keel-fluentd", &[]),
+            entry("fluentd", "keel-fluentd", &[]),
         ];
         ImageTable {
             entries: list.into_iter().map(|e| (e.image.clone(), e)).collect(),
@@ -272,6 +285,17 @@ mod tests {
         assert!(
             err.contains("\"example/unknown\"") && err.contains("/x/images.yaml"),
             "{err}"
+        );
+        // The logging walkthrough's fluentd image; Elasticsearch has no local program.
+        assert_eq!(
+            t.lookup("gcr.io/google-containers/fluentd-elasticsearch:v2.0.1")
+                .unwrap()
+                .command,
+            ["keel-fluentd"]
+        );
+        assert!(
+            t.lookup("docker.elastic.co/elasticsearch/elasticsearch-oss:6.1.1")
+                .is_err()
         );
     }
 

@@ -456,7 +456,10 @@ impl Runtime {
 
         self.set_progress("creating the pod network");
         self.net.up()?;
-        enable_forwarding()?;
+        enable_forwarding(
+            &self.opts.net.bridge,
+            network_of(self.opts.net.gateway, self.opts.net.prefix),
+        )?;
         reserve_ports(&self.opts.layout, &[self.opts.ports.mixer_prometheus]);
 
         self.set_progress("starting galley");
@@ -510,6 +513,8 @@ impl Runtime {
         self.wait_ready("pilot", ports.pilot_http, "/ready").await?;
 
         self.set_progress("starting mixer");
+        let mixer_hosts = self.opts.layout.mixer_hosts();
+        self.write_mixer_hosts();
         self.component(
             "mixer",
             "keel-mixer",
@@ -522,6 +527,8 @@ impl Runtime {
                 format!("127.0.0.1:{}", ports.mixer_prometheus),
                 "--monitoring-addr".into(),
                 format!("127.0.0.1:{}", ports.mixer_monitoring),
+                "--hosts-file".into(),
+                mixer_hosts.display().to_string(),
             ],
         );
         self.wait_ready("mixer", ports.mixer_monitoring, "/ready")
@@ -1089,6 +1096,7 @@ impl Runtime {
             self.vips.release(&n);
         }
         if self.vips != before {
+            self.write_mixer_hosts();
             for p in self.pods.values() {
                 let hosts = dns::hosts_file(&p.plan.name, p.net.ip, &p.plan.namespace, &self.vips);
                 if let Err(e) = dns::write_pod_files(&p.net.netns, &hosts) {
@@ -1097,12 +1105,23 @@ impl Runtime {
             }
         }
         let subnet = network_of(self.opts.net.gateway, self.opts.net.prefix);
-        let rules = capture::service_rules(&virtual_ports, subnet);
+        let rules = capture::service_rules(&virtual_ports, subnet, VIP_RANGE);
         if self.service_rules.as_ref() != Some(&rules) {
-            match capture::apply_service_rules(&virtual_ports, subnet) {
+            match capture::apply_service_rules(&rules) {
                 Ok(()) => self.service_rules = Some(rules),
                 Err(e) => tracing::warn!(error = %e, "cannot update the service rules"),
             }
+        }
+    }
+
+    /// Mixer runs on the host but its adapters name cluster services (`fluentd-es.logging`):
+    /// it reads them from this file, the view a pod in istio-system has.
+    fn write_mixer_hosts(&self) {
+        let path = self.opts.layout.mixer_hosts();
+        let text = dns::component_hosts_file(GATEWAY_NAMESPACE, &self.vips);
+        let tmp = path.with_extension("tmp");
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write mixer's hosts file");
         }
     }
 
@@ -1477,27 +1496,32 @@ fn network_of(ip: Ipv4Addr, prefix: u8) -> (Ipv4Addr, u8) {
     (Ipv4Addr::from(u32::from(ip) & mask), prefix)
 }
 
-/// Pods reach each other and service VIPs through the host, which must route.
-fn enable_forwarding() -> Result<(), RuntimeError> {
+/// Pods reach each other and service VIPs through the host, which must route. The VIP range
+/// is routed to the bridge so the host's own connections to a VIP (mixer's adapters) reach
+/// the nat OUTPUT hook; the guard chain (installed here, before any Service exists) refuses
+/// VIP traffic no Service rule rewrote, so it fails at once and never goes out on a link.
+fn enable_forwarding(bridge: &str, subnet: (Ipv4Addr, u8)) -> Result<(), RuntimeError> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| start_err("enabling IPv4 forwarding", e))?;
-    // Traffic to a VIP that no rule rewrote fails here instead of leaving the machine.
+    capture::apply_service_rules(&capture::service_rules(&[], subnet, VIP_RANGE))
+        .map_err(|e| start_err("installing the VIP guard", e))?;
     let out = std::process::Command::new("ip")
-        .args(["route", "replace", "unreachable", VIP_RANGE])
+        .args(["route", "replace", VIP_RANGE, "dev", bridge])
         .output()
         .map_err(|e| start_err("adding the VIP route", e))?;
     if !out.status.success() {
         return Err(start_err(
-            format!("ip route replace unreachable {VIP_RANGE}"),
+            format!("ip route replace {VIP_RANGE} dev {bridge}"),
             String::from_utf8_lossy(&out.stderr).trim(),
         ));
     }
     Ok(())
 }
 
+/// Removes the VIP route, whichever form it has (older runtimes made it `unreachable`).
 fn remove_vip_route() {
     let _ = std::process::Command::new("ip")
-        .args(["route", "del", "unreachable", VIP_RANGE])
+        .args(["route", "del", VIP_RANGE])
         .output();
 }
 

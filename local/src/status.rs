@@ -52,6 +52,10 @@ impl Layout {
     pub fn pod_dir(&self, namespace: &str, pod: &str) -> PathBuf {
         self.home.join("pods").join(namespace).join(pod)
     }
+    /// Service names as seen from istio-system, for mixer (`--hosts-file`).
+    pub fn mixer_hosts(&self) -> PathBuf {
+        self.home.join("mixer-hosts")
+    }
     pub fn prometheus_dir(&self) -> PathBuf {
         self.home.join("prometheus")
     }
