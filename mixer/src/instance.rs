@@ -26,6 +26,12 @@ pub enum InstanceBody {
         timestamp: SystemTime,
         severity: String,
     },
+    /// checknothing: the request itself is what is checked.
+    CheckNothing,
+    /// listentry: the value a list checker looks up.
+    ListEntry { value: Value },
+    /// quota: the dimensions a quota is counted by.
+    Quota { dimensions: BTreeMap<String, Value> },
 }
 
 /// Why an instance was not built for a bag.
@@ -65,9 +71,15 @@ enum BuilderKind {
         timestamp: Option<Program>,
         severity: Option<Program>,
     },
-    /// Templates for checks and quotas (listentry, quota, ...): resolved and wired, built by
-    /// the policy path rather than reports.
-    NotForReports,
+    CheckNothing,
+    ListEntry {
+        value: Program,
+    },
+    Quota {
+        dimensions: Vec<(String, Program)>,
+    },
+    /// Templates Keel resolves but does not build (tracespan, kubernetes, authorization).
+    NotBuilt,
 }
 
 impl InstanceBuilder {
@@ -98,7 +110,14 @@ impl InstanceBuilder {
                 timestamp: optional("timestamp", &l.timestamp)?,
                 severity: optional("severity", &l.severity)?,
             },
-            _ => BuilderKind::NotForReports,
+            Template::CheckNothing => BuilderKind::CheckNothing,
+            Template::ListEntry(l) => BuilderKind::ListEntry {
+                value: field("value".to_owned(), &l.value)?,
+            },
+            Template::Quota(q) => BuilderKind::Quota {
+                dimensions: fields("dimensions", &q.dimensions)?,
+            },
+            _ => BuilderKind::NotBuilt,
         };
         Ok(InstanceBuilder {
             name,
@@ -107,7 +126,15 @@ impl InstanceBuilder {
         })
     }
 
-    /// Builds the instance for `bag`; `None` for templates that reports do not build. A
+    /// Whether the instance is for checks and quotas (built by [`crate::policy`]), not reports.
+    pub fn is_policy(&self) -> bool {
+        matches!(
+            self.kind,
+            BuilderKind::CheckNothing | BuilderKind::ListEntry { .. } | BuilderKind::Quota { .. }
+        )
+    }
+
+    /// Builds the instance for `bag`; `None` for templates Keel does not build. A
     /// field whose attributes are missing fails the whole instance, as in Mixer: configs say
     /// `| "unknown"` where a value may be absent.
     pub fn build(&self, bag: &dyn Bag) -> Result<Option<Instance>, BuildError> {
@@ -155,7 +182,14 @@ impl InstanceBuilder {
                     None => String::new(),
                 },
             },
-            BuilderKind::NotForReports => return Ok(None),
+            BuilderKind::CheckNothing => InstanceBody::CheckNothing,
+            BuilderKind::ListEntry { value } => InstanceBody::ListEntry {
+                value: value.eval(bag).map_err(|e| err("value", e))?,
+            },
+            BuilderKind::Quota { dimensions } => InstanceBody::Quota {
+                dimensions: eval_all("dimensions", dimensions)?,
+            },
+            BuilderKind::NotBuilt => return Ok(None),
         };
         Ok(Some(Instance {
             name: self.name.clone(),

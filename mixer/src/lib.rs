@@ -8,11 +8,13 @@
 //! service around it (report intake, galley subscription, HTTP) owns the I/O.
 
 pub mod adapter;
+pub mod check;
 pub mod forward;
 pub mod instance;
 pub mod metrics;
 pub mod names;
 pub mod plan;
+pub mod policy;
 pub mod report;
 pub mod server;
 

@@ -12,6 +12,12 @@ pub struct ProtocolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    /// The google.rpc code name of the answer (`OK`, `PERMISSION_DENIED`, ...).
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandlerLabels {
     pub handler: String,
 }
@@ -31,6 +37,8 @@ pub struct Metrics {
     pub config_problems: Gauge,
     pub rules: Gauge,
     pub streams: Gauge,
+    /// Checks answered, by answer.
+    pub checks: Family<CheckLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -78,7 +86,14 @@ impl Metrics {
         registry.register("rules", "Rules in effect", rules.clone());
         let streams = Gauge::default();
         registry.register("report_streams", "Open access log streams", streams.clone());
+        let checks = Family::<CheckLabels, Counter>::default();
+        registry.register(
+            "checks",
+            "Checks answered, by google.rpc code",
+            checks.clone(),
+        );
         Metrics {
+            checks,
             registry,
             reports,
             reports_dropped,

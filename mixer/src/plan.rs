@@ -187,8 +187,26 @@ impl Plan {
         plan
     }
 
-    /// Runs `bag` through every rule: which handlers get which instances.
+    /// Runs a report's `bag` through every rule: which handlers get which instances.
     pub fn dispatch(&self, bag: &dyn Bag) -> Outcome {
+        self.run(bag, |b| !b.is_policy())
+    }
+
+    /// Runs a check's `bag` through every rule: the check instances (checknothing,
+    /// listentry) of matching rules, and the quota instances among `quotas` (names as a
+    /// QuotaSpec gives them: `requestcount`, or the full `requestcount.quota.istio-system`).
+    pub fn dispatch_check(&self, bag: &dyn Bag, quotas: &[&str]) -> Outcome {
+        self.run(bag, |b| {
+            if b.template == "quota" {
+                let short = b.name.split('.').next().unwrap_or("");
+                quotas.iter().any(|q| *q == &*b.name || *q == short)
+            } else {
+                b.is_policy()
+            }
+        })
+    }
+
+    fn run(&self, bag: &dyn Bag, wanted: impl Fn(&InstanceBuilder) -> bool) -> Outcome {
         let mut out = Outcome::default();
         let mut per_handler: BTreeMap<usize, Vec<Instance>> = BTreeMap::new();
         let destination_ns = match bag.get("destination.namespace") {
@@ -210,7 +228,7 @@ impl Plan {
                 }
             }
             for action in &rule.actions {
-                for b in &action.instances {
+                for b in action.instances.iter().filter(|b| wanted(b)) {
                     match b.build(bag) {
                         Ok(Some(i)) => per_handler.entry(action.handler).or_default().push(i),
                         Ok(None) => {}

@@ -68,11 +68,11 @@ impl Reporter {
 /// An attribute bag.
 pub type Attributes = BTreeMap<String, Value>;
 
-fn put(bag: &mut Attributes, name: &str, v: Value) {
+pub(crate) fn put(bag: &mut Attributes, name: &str, v: Value) {
     bag.insert(name.to_owned(), v);
 }
 
-fn put_str(bag: &mut Attributes, name: &str, s: &str) {
+pub(crate) fn put_str(bag: &mut Attributes, name: &str, s: &str) {
     if !s.is_empty() {
         put(bag, name, Value::String(s.to_owned()));
     }
@@ -291,7 +291,7 @@ fn reporter_attributes(bag: &mut Attributes, reporter: &Reporter, registry: &dyn
 
 /// `source.*` or `destination.*` for the workload at `ip`; false when the registry does not
 /// know it (then only the address is set).
-fn peer_attributes(
+pub(crate) fn peer_attributes(
     bag: &mut Attributes,
     side: &str,
     ip: IpAddr,

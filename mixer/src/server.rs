@@ -17,19 +17,25 @@ use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::
 use envoy_types::pb::envoy::service::accesslog::v3::{
     StreamAccessLogsMessage, StreamAccessLogsResponse,
 };
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use keel_attributes::Manifest;
-use keel_config::Kind;
 use keel_config::kind::KINDS;
 use keel_config::mixer::{Adapter, LogStream};
+use keel_config::{Kind, Spec};
 use keel_pilot::registry::Registry;
 use keel_pilot::server::serve_http;
 use keel_xds::client::{self, ClientConfig};
 use tokio::sync::{mpsc, watch};
 
 use crate::adapter::{fluentd, prometheus::Exporter, stdio};
-use crate::metrics::{HandlerLabels, Metrics, ProtocolLabels};
+use crate::check;
+use crate::metrics::{CheckLabels, HandlerLabels, Metrics, ProtocolLabels};
 use crate::names::Resolver;
 use crate::plan::Plan;
+use crate::policy::{self, MemQuota, Verdict};
 use crate::report::{Attributes, Reporter, http_attributes, tcp_attributes};
 
 pub const DEFAULT_GALLEY: &str = "http://127.0.0.1:9901";
@@ -104,6 +110,9 @@ pub struct Shared {
     fluentd: Mutex<std::collections::HashMap<String, fluentd::Sink>>,
     /// How adapters find their backends.
     names: Resolver,
+    /// QuotaSpecs and QuotaSpecBindings: which quotas a checked request asks for.
+    quota_config: RwLock<Arc<Vec<Arc<keel_config::Resource>>>>,
+    memquota: MemQuota,
     pub metrics: Metrics,
 }
 
@@ -146,10 +155,16 @@ impl Shared {
             // Sinks of removed or changed handlers stop here (their tasks are aborted).
             *sinks = keep;
         }
+        problems.extend(policy::problems(&plan));
         for h in &plan.handlers {
             if !matches!(
                 h.adapter,
-                Adapter::Prometheus(_) | Adapter::Stdio(_) | Adapter::Fluentd(_)
+                Adapter::Prometheus(_)
+                    | Adapter::Stdio(_)
+                    | Adapter::Fluentd(_)
+                    | Adapter::Denier(_)
+                    | Adapter::ListChecker(_)
+                    | Adapter::MemQuota(_)
             ) {
                 problems.push(crate::plan::Problem {
                     resource: h.name.to_string(),
@@ -182,6 +197,45 @@ impl Shared {
         if let Ok(mut r) = self.registry.write() {
             *r = Arc::new(Registry::from_config(config));
         }
+        let quota_config: Vec<Arc<keel_config::Resource>> = config
+            .resources
+            .values()
+            .filter(|r| matches!(r.spec, Spec::QuotaSpec(_) | Spec::QuotaSpecBinding(_)))
+            .cloned()
+            .collect();
+        if let Ok(mut q) = self.quota_config.write() {
+            *q = Arc::new(quota_config);
+        }
+    }
+
+    /// Answers one check: the request's attributes through the rules, checks, then quotas.
+    pub fn check(&self, req: &CheckRequest) -> (Verdict, Attributes) {
+        let registry = self.registry();
+        let bag = check::check_attributes(req, registry.as_ref());
+        let plan = self.plan();
+        let quota_config = self
+            .quota_config
+            .read()
+            .map(|q| q.clone())
+            .unwrap_or_default();
+        let quotas = policy::requested_quotas(quota_config.iter().map(Arc::as_ref), &bag);
+        let (verdict, outcome) = policy::check(
+            &plan,
+            &bag,
+            &quotas,
+            &self.memquota,
+            std::time::Instant::now(),
+        );
+        for e in &outcome.errors {
+            tracing::debug!(error = %e, "check instance not built");
+        }
+        self.metrics
+            .checks
+            .get_or_create(&CheckLabels {
+                code: policy::code_name(verdict.code).to_owned(),
+            })
+            .inc();
+        (verdict, bag)
     }
 
     /// Runs one bag through the plan and into the adapters.
@@ -269,6 +323,33 @@ impl Intake {
         if self.queue.try_send(bag).is_err() {
             self.shared.metrics.reports_dropped.inc();
         }
+    }
+}
+
+/// The check service (Envoy's ext_authz): answers from the rules, never waits on reports.
+#[derive(Debug)]
+struct Checker {
+    shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl Authorization for Checker {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let (verdict, bag) = self.shared.check(&req);
+        if !verdict.is_ok() {
+            tracing::debug!(
+                code = policy::code_name(verdict.code),
+                message = %verdict.message,
+                source = ?bag.get("source.workload.name"),
+                destination = ?bag.get("destination.workload.name"),
+                "check denied"
+            );
+        }
+        Ok(tonic::Response::new(check::response(&verdict)))
     }
 }
 
@@ -366,6 +447,8 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         exporter: Mutex::new(Exporter::new()),
         fluentd: Mutex::new(std::collections::HashMap::new()),
         names: Resolver::new(args.hosts_file.clone()),
+        quota_config: RwLock::default(),
+        memquota: MemQuota::default(),
         metrics: Metrics::new(),
     });
 
@@ -414,9 +497,13 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         shared: shared.clone(),
         queue: queue_tx,
     };
+    let checker_shared = shared.clone();
     let serve = tokio::spawn(async move {
         if let Err(e) = tonic::transport::Server::builder()
             .add_service(AccessLogServiceServer::new(intake))
+            .add_service(AuthorizationServer::new(Checker {
+                shared: checker_shared,
+            }))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc))
             .await
         {
