@@ -50,6 +50,11 @@ pub struct Args {
     /// access logs for telemetry. Unset: no reports.
     #[arg(long, value_parser = parse_host_port)]
     pub mixer_telemetry: Option<(String, u16)>,
+    /// Mixer's check service, `HOST:PORT`: sidecars check every inbound request there
+    /// (Envoy's ext_authz; denied requests get mixer's answer, 503 when it cannot be asked).
+    /// Unset: no policy checks (Istio's `disablePolicyChecks: true`).
+    #[arg(long, value_parser = parse_host_port)]
+    pub mixer_policy: Option<(String, u16)>,
 }
 
 /// `HOST:PORT`, with a reason when it is not.
@@ -203,6 +208,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
     config.consistent = true;
     let (mut galley, galley_task) = client::spawn(config, client::AcceptAll);
     let telemetry = args.mixer_telemetry.clone();
+    let policy = args.mixer_policy.clone();
     let (mesh_tx, mesh_rx) = watch::channel(Arc::new(Mesh::default()));
     let (ready_tx, ready_rx) = watch::channel(false);
     let follow = tokio::spawn(async move {
@@ -216,7 +222,9 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
                     "configuration from galley"
                 );
                 mesh_tx.send_replace(Arc::new(
-                    Mesh::new(config).with_telemetry(telemetry.clone()),
+                    Mesh::new(config)
+                        .with_telemetry(telemetry.clone())
+                        .with_policy(policy.clone()),
                 ));
                 ready_tx.send_replace(true);
             }

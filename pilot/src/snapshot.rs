@@ -33,6 +33,8 @@ pub struct Mesh {
     pub registry: Registry,
     /// Mixer's report service (`host`, `port`): when set, every proxy sends access logs there.
     pub telemetry: Option<(String, u16)>,
+    /// Mixer's check service (`host`, `port`): when set, sidecars check every inbound request.
+    pub policy: Option<(String, u16)>,
 }
 
 impl Mesh {
@@ -42,7 +44,14 @@ impl Mesh {
             config,
             registry,
             telemetry: None,
+            policy: None,
         }
+    }
+
+    /// Turns on policy checks against mixer at `host:port`.
+    pub fn with_policy(mut self, policy: Option<(String, u16)>) -> Mesh {
+        self.policy = policy;
+        self
     }
 
     /// Turns on telemetry reports to mixer at `host:port`.
@@ -114,15 +123,22 @@ pub fn proxy_snapshot(mesh: &Mesh, proxy: &Proxy) -> XdsSnapshot {
     let mut clusters: Vec<Cluster> = cds::clusters(reg, &rules, proxy);
     let logs = match &mesh.telemetry {
         Some((host, port)) => {
-            clusters.push(cds::telemetry_cluster(host, *port));
+            clusters.push(cds::mixer_cluster(cds::TELEMETRY_CLUSTER, host, *port));
             lds::AccessLogs {
                 cluster: Some(cds::TELEMETRY_CLUSTER),
             }
         }
         None => lds::AccessLogs::NONE,
     };
+    let policy = match &mesh.policy {
+        Some((host, port)) => {
+            clusters.push(cds::mixer_cluster(cds::POLICY_CLUSTER, host, *port));
+            Some(cds::POLICY_CLUSTER)
+        }
+        None => None,
+    };
     let endpoints: Vec<ClusterLoadAssignment> = eds::assignments(reg, &rules);
-    let listeners: Vec<Listener> = lds::listeners(reg, &gateways, proxy, labels, logs);
+    let listeners: Vec<Listener> = lds::listeners(reg, &gateways, proxy, labels, logs, policy);
     let routes: Vec<RouteConfiguration> = match proxy.kind {
         ProxyKind::Sidecar => lds::sidecar_http_ports(reg)
             .into_iter()

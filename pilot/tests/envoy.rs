@@ -434,6 +434,7 @@ fn envoy_acks_everything_and_routes_as_configured() {
             debounce_ms: 50,
             log_format: "text".into(),
             mixer_telemetry: Some(("127.0.0.1".into(), mixer.grpc_port)),
+            mixer_policy: Some(("127.0.0.1".into(), mixer.grpc_port)),
         }))
         .unwrap();
 
@@ -994,7 +995,10 @@ fn envoy_accepts_the_bookinfo_config_and_every_sample_as_sidecar_and_gateway() {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             debounce_ms: 20,
             log_format: "text".into(),
-            mixer_telemetry: None,
+            // Reports and checks configured (nothing listens there): Envoy must take the
+            // ALS and ext_authz config on sidecars too.
+            mixer_telemetry: Some(("127.0.0.1".into(), 9)),
+            mixer_policy: Some(("127.0.0.1".into(), 9)),
         }))
         .unwrap();
     // The sidecar speaks incremental (delta) xDS, the gateway state of the world.

@@ -490,6 +490,94 @@ fn telemetry_sends_access_logs_to_mixer_named_by_reporter() {
     );
 }
 
+/// The HTTP filters of a listener's connection manager, by name, and its inline routes.
+fn hcm_of(
+    l: &Listener,
+) -> envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager{
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    let Some(ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type else {
+        panic!("no typed config");
+    };
+    envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager::decode(any.value.as_slice()).unwrap()
+}
+
+#[test]
+fn policy_checks_every_inbound_request_naming_the_service() {
+    use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
+        ExtAuthz, ExtAuthzPerRoute, ext_authz, ext_authz_per_route,
+    };
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
+    let names = |l: &Listener| -> Vec<String> {
+        hcm_of(l)
+            .http_filters
+            .iter()
+            .map(|f| f.name.clone())
+            .collect()
+    };
+    // Off: no filter, no cluster.
+    let snap = proxy_snapshot(&bookinfo(&[]), &sidecar());
+    assert!(
+        !names(&decode(&snap, LISTENER_TYPE, "10.0.0.3_9080"))
+            .contains(&"envoy.filters.http.ext_authz".to_owned())
+    );
+    assert!(
+        !snap.types[CLUSTER_TYPE]
+            .resources
+            .contains_key("mixer_policy")
+    );
+
+    let mesh = bookinfo(&[]).with_policy(Some(("istio-policy.istio-system".into(), 9091)));
+    let snap = proxy_snapshot(&mesh, &sidecar());
+    let c: Cluster = decode(&snap, CLUSTER_TYPE, "mixer_policy");
+    assert!(
+        !c.typed_extension_protocol_options.is_empty(),
+        "gRPC needs HTTP/2"
+    );
+    // Inbound: ext_authz first, failing closed with 503.
+    let inbound = hcm_of(&decode(&snap, LISTENER_TYPE, "10.0.0.3_9080"));
+    assert_eq!(inbound.http_filters[0].name, "envoy.filters.http.ext_authz");
+    let Some(ConfigType::TypedConfig(a)) = &inbound.http_filters[0].config_type else {
+        panic!("no ext_authz config");
+    };
+    let authz = ExtAuthz::decode(a.value.as_slice()).unwrap();
+    assert!(!authz.failure_mode_allow);
+    assert_eq!(authz.status_on_error.unwrap().code, 503);
+    match authz.services.unwrap() {
+        ext_authz::Services::GrpcService(g) => match g.target_specifier.unwrap() {
+            envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier::EnvoyGrpc(
+                e,
+            ) => {
+                assert_eq!(e.cluster_name, "mixer_policy")
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    // The inbound route tells mixer which service is called.
+    let Some(RouteSpecifier::RouteConfig(rc)) = inbound.route_specifier else {
+        panic!("inbound routes are inline");
+    };
+    let per_route =
+        &rc.virtual_hosts[0].routes[0].typed_per_filter_config["envoy.filters.http.ext_authz"];
+    let settings = match ExtAuthzPerRoute::decode(per_route.value.as_slice())
+        .unwrap()
+        .r#override
+    {
+        Some(ext_authz_per_route::Override::CheckSettings(s)) => s,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        settings.context_extensions["destination.service.host"]
+            .ends_with(".default.svc.cluster.local")
+    );
+    // Outbound (client side) is not checked, as in Istio 1.0's defaults.
+    assert!(
+        !names(&decode(&snap, LISTENER_TYPE, "0.0.0.0_9080"))
+            .contains(&"envoy.filters.http.ext_authz".to_owned())
+    );
+}
+
 #[test]
 fn https_gateway_servers_terminate_tls_with_their_certificate_files() {
     use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;

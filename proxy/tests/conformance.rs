@@ -414,6 +414,7 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
             debounce_ms: 10,
             log_format: "text".into(),
             mixer_telemetry: None,
+            mixer_policy: None,
         }))
         .unwrap();
 

@@ -335,23 +335,25 @@ fn inline_endpoints(
 
 /// The cluster of mixer's report service (gRPC ALS), when telemetry is on.
 pub const TELEMETRY_CLUSTER: &str = "mixer_telemetry";
+/// The cluster of mixer's check service (ext_authz), when policy checks are on.
+pub const POLICY_CLUSTER: &str = "mixer_policy";
 
-/// Mixer's report service at `host:port`: a static address or a DNS name, spoken to over
-/// HTTP/2 (gRPC).
-pub fn telemetry_cluster(host: &str, port: u16) -> Cluster {
+/// A mixer service at `host:port` named `name`: a static address or a DNS name, spoken to
+/// over HTTP/2 (gRPC).
+pub fn mixer_cluster(name: &str, host: &str, port: u16) -> Cluster {
     let discovery = if host.parse::<std::net::IpAddr>().is_ok() {
         DiscoveryType::Static
     } else {
         DiscoveryType::StrictDns
     };
     let mut c = Cluster {
-        name: TELEMETRY_CLUSTER.to_owned(),
+        name: name.to_owned(),
         connect_timeout: Some(PbDuration {
             seconds: 1,
             nanos: 0,
         }),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery as i32)),
-        load_assignment: Some(eds::local_at(TELEMETRY_CLUSTER, host, port)),
+        load_assignment: Some(eds::local_at(name, host, port)),
         ..Default::default()
     };
     let opts = UpstreamHttpOptions {

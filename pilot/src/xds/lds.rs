@@ -61,12 +61,49 @@ use super::{any, pb_duration};
 use crate::proxy::{Proxy, ProxyKind};
 use crate::registry::ServiceRegistry;
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
+use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
+    CheckSettings, ExtAuthz, ExtAuthzPerRoute, ext_authz, ext_authz_per_route,
+};
+use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
 
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PORT: u16 = 15006;
 
-fn http_filters() -> Vec<HttpFilter> {
-    vec![
+/// The ext_authz filter's name; inbound routes carry its per-route settings.
+pub const EXT_AUTHZ_FILTER: &str = "envoy.filters.http.ext_authz";
+/// The context extension naming the called service (mixer's `destination.service.host`).
+pub const SERVICE_HOST_EXTENSION: &str = "destination.service.host";
+
+/// Policy checks (Istio 1.0's Mixer Check) as Envoy's external authorization against
+/// mixer's check service. Failing closed, as Istio 1.0 did by default
+/// (`policyCheckFailOpen: false`): mixer unreachable answers 503.
+fn ext_authz_filter(cluster: &str) -> HttpFilter {
+    let config = ExtAuthz {
+        services: Some(ext_authz::Services::GrpcService(GrpcService {
+            target_specifier: Some(GrpcTarget::EnvoyGrpc(EnvoyGrpc {
+                cluster_name: cluster.to_owned(),
+                ..Default::default()
+            })),
+            timeout: Some(pb_duration(std::time::Duration::from_secs(2))),
+            ..Default::default()
+        })),
+        transport_api_version: ApiVersion::V3 as i32,
+        failure_mode_allow: false,
+        status_on_error: Some(HttpStatus {
+            code: StatusCode::ServiceUnavailable as i32,
+        }),
+        ..Default::default()
+    };
+    HttpFilter {
+        name: EXT_AUTHZ_FILTER.into(),
+        config_type: Some(HttpFilterConfig::TypedConfig(any(&config))),
+        ..Default::default()
+    }
+}
+
+fn http_filters(policy: Option<&str>) -> Vec<HttpFilter> {
+    let mut filters: Vec<HttpFilter> = policy.map(ext_authz_filter).into_iter().collect();
+    filters.extend([
         HttpFilter {
             name: FAULT_FILTER.into(),
             config_type: Some(HttpFilterConfig::TypedConfig(any(&HttpFault::default()))),
@@ -82,7 +119,8 @@ fn http_filters() -> Vec<HttpFilter> {
             config_type: Some(HttpFilterConfig::TypedConfig(any(&Router::default()))),
             ..Default::default()
         },
-    ]
+    ]);
+    filters
 }
 
 /// The access log name of the server side's reports (mixer's `context.reporter.kind`).
@@ -159,13 +197,14 @@ fn hcm(
     edge: bool,
     logs: AccessLogs<'_>,
     reporter: &str,
+    policy: Option<&str>,
 ) -> Filter {
     let m = HttpConnectionManager {
         access_log: logs.http(reporter),
         codec_type: CodecType::Auto as i32,
         stat_prefix: stat_prefix.to_owned(),
         route_specifier: Some(routes),
-        http_filters: http_filters(),
+        http_filters: http_filters(policy),
         use_remote_address: Some(BoolValue { value: edge }),
         ..Default::default()
     };
@@ -225,8 +264,26 @@ fn capture(name: &str, port: u16) -> Listener {
     }
 }
 
-/// An inbound HTTP listener's inline routes: everything to the local workload.
-fn inbound_routes(cluster: &str) -> RouteConfiguration {
+/// An inbound HTTP listener's inline routes: everything to the local workload. With policy
+/// checks on, the route names the service being called for mixer.
+fn inbound_routes(cluster: &str, service_host: &str, policy: bool) -> RouteConfiguration {
+    let mut per_filter = std::collections::HashMap::new();
+    if policy {
+        per_filter.insert(
+            EXT_AUTHZ_FILTER.to_owned(),
+            any(&ExtAuthzPerRoute {
+                r#override: Some(ext_authz_per_route::Override::CheckSettings(
+                    CheckSettings {
+                        context_extensions: std::collections::HashMap::from([(
+                            SERVICE_HOST_EXTENSION.to_owned(),
+                            service_host.to_owned(),
+                        )]),
+                        ..Default::default()
+                    },
+                )),
+            }),
+        );
+    }
     RouteConfiguration {
         name: cluster.to_owned(),
         virtual_hosts: vec![VirtualHost {
@@ -242,6 +299,7 @@ fn inbound_routes(cluster: &str) -> RouteConfiguration {
                     timeout: Some(Default::default()),
                     ..Default::default()
                 })),
+                typed_per_filter_config: per_filter,
                 ..Default::default()
             }],
             ..Default::default()
@@ -259,10 +317,13 @@ pub fn sidecar_http_ports(reg: &dyn ServiceRegistry) -> BTreeSet<u16> {
         .collect()
 }
 
+/// A sidecar's listeners. `policy` is mixer's check cluster when policy checks are on: the
+/// server side checks every inbound request, as Istio 1.0 did by default.
 pub fn sidecar_listeners(
     reg: &dyn ServiceRegistry,
     proxy: &Proxy,
     logs: AccessLogs<'_>,
+    policy: Option<&str>,
 ) -> Vec<Listener> {
     let mut out = vec![
         capture("virtualOutbound", OUTBOUND_PORT),
@@ -281,6 +342,7 @@ pub fn sidecar_listeners(
                 false,
                 logs,
                 OUTBOUND,
+                None,
             )],
         ));
     }
@@ -311,10 +373,15 @@ pub fn sidecar_listeners(
         let filter = if sp.protocol.is_http() {
             hcm(
                 &cluster,
-                RouteSpecifier::RouteConfig(inbound_routes(&cluster)),
+                RouteSpecifier::RouteConfig(inbound_routes(
+                    &cluster,
+                    &svc.hostname,
+                    policy.is_some(),
+                )),
                 false,
                 logs,
                 INBOUND,
+                policy,
             )
         } else {
             tcp(&cluster, &cluster, logs, INBOUND)
@@ -367,6 +434,7 @@ pub fn gateway_listeners(gateways: &[&(String, &Gateway)], logs: AccessLogs<'_>)
                     true,
                     logs,
                     OUTBOUND,
+                    None,
                 )
             };
             if proto.is_http() {
@@ -429,9 +497,10 @@ pub fn listeners(
     proxy: &Proxy,
     labels: &BTreeMap<String, String>,
     logs: AccessLogs<'_>,
+    policy: Option<&str>,
 ) -> Vec<Listener> {
     match proxy.kind {
-        ProxyKind::Sidecar => sidecar_listeners(reg, proxy, logs),
+        ProxyKind::Sidecar => sidecar_listeners(reg, proxy, logs, policy),
         ProxyKind::Router => gateway_listeners(&gateways_for(gateways, labels), logs),
     }
 }
