@@ -164,7 +164,7 @@ pub fn http_log_entry(e: &HttpEntry, extra_headers: &[String]) -> HttpAccessLogE
     }
 }
 
-fn sink_address(config: &Config, cluster: &str) -> Option<String> {
+pub(crate) fn grpc_address(config: &Config, cluster: &str) -> Option<String> {
     let c = config.clusters.get(cluster)?;
     match c.discovery {
         Discovery::Static | Discovery::StrictDns => {
@@ -208,7 +208,7 @@ async fn ship(
         }
         if stream.as_ref().is_none_or(mpsc::Sender::is_closed) {
             stream = None;
-            let Some(addr) = sink_address(&config.borrow(), &sink.cluster) else {
+            let Some(addr) = grpc_address(&config.borrow(), &sink.cluster) else {
                 tracing::debug!(cluster = %sink.cluster, "access log cluster unknown; entries kept");
                 pending.truncate(QUEUE);
                 continue;

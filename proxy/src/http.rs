@@ -25,9 +25,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::Shared;
 use crate::als::HttpEntry;
+use crate::authz::Decision;
 use crate::model::{
     Balancer, Cluster, Config, Discovery, Forward, HttpManager, PathMatch, Route, RouteAction,
-    RouteSource, RouteTable, VirtualHost,
+    RouteAuthz, RouteSource, RouteTable, VirtualHost,
 };
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -359,7 +360,14 @@ async fn handle(
             shared.stats.no_route.inc();
             local_reply(StatusCode::NOT_FOUND, "")
         }
-        Some(route) => route_request(&shared, &config, route, parts, body, local, &mut entry).await,
+        Some(route) => {
+            match authorize(&shared, &config, &hcm, route, &mut parts, peer, local).await {
+                Some(denied) => denied,
+                None => {
+                    route_request(&shared, &config, route, parts, body, local, &mut entry).await
+                }
+            }
+        }
     };
     entry.status = response.status().as_u16();
     entry.response_bytes = response
@@ -375,6 +383,72 @@ async fn handle(
         shared.access_logs.log_http(sink, entry);
     }
     response
+}
+
+/// The ext_authz filter, when the connection manager has one and the route does not turn it
+/// off: `None` lets the request go on (with any headers the service added), `Some` is the
+/// answer to send instead.
+async fn authorize(
+    shared: &Shared,
+    config: &Config,
+    hcm: &HttpManager,
+    route: &Route,
+    parts: &mut hyper::http::request::Parts,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Option<Response<Body>> {
+    let filter = hcm.ext_authz.as_ref()?;
+    let extensions: &[(String, String)] = match &route.ext_authz {
+        RouteAuthz::Disabled => return None,
+        RouteAuthz::Check => &[],
+        RouteAuthz::CheckWith(ext) => ext,
+    };
+    let req = crate::authz::check_request(parts, peer, local, extensions);
+    match shared.authz.check(config, filter, req).await {
+        Decision::Allow { headers } => {
+            shared.stats.ext_authz_ok.inc();
+            for (k, v) in headers {
+                if let (Ok(k), Ok(v)) = (
+                    hyper::header::HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(&v),
+                ) {
+                    parts.headers.insert(k, v);
+                }
+            }
+            None
+        }
+        Decision::Deny {
+            status,
+            body,
+            headers,
+        } => {
+            shared.stats.ext_authz_denied.inc();
+            let mut r = Response::new(full(Bytes::from(body)));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+            for (k, v) in headers {
+                if let (Ok(k), Ok(v)) = (
+                    hyper::header::HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(&v),
+                ) {
+                    r.headers_mut().insert(k, v);
+                }
+            }
+            Some(r)
+        }
+        Decision::Error(reason) => {
+            shared.stats.ext_authz_error.inc();
+            tracing::debug!(%reason, "authorization service did not answer");
+            if filter.failure_mode_allow {
+                None
+            } else {
+                let status =
+                    StatusCode::from_u16(filter.status_on_error).unwrap_or(StatusCode::FORBIDDEN);
+                let mut r = Response::new(full(Bytes::new()));
+                *r.status_mut() = status;
+                Some(r)
+            }
+        }
+    }
 }
 
 async fn route_request(
@@ -669,6 +743,7 @@ mod tests {
                 body: String::new(),
             },
             fault: None,
+            ext_authz: RouteAuthz::Check,
             request_headers_to_add: vec![],
             request_headers_to_remove: vec![],
             response_headers_to_add: vec![],

@@ -9,10 +9,12 @@
 //! - [`http`]: the HTTP connection manager: virtual hosts, routes, faults, retries,
 //!   timeouts, load balancing, upstream pools.
 //! - [`als`]: access logs to the gRPC access log service (mixer).
+//! - [`authz`]: the ext_authz filter (mixer's policy checks).
 //! - [`admin`]: `/ready`, `/config_dump`, `/stats/prometheus`, `/clusters`.
 
 pub mod admin;
 pub mod als;
+pub mod authz;
 pub mod bootstrap;
 pub mod http;
 pub mod listen;
@@ -65,6 +67,8 @@ pub struct Shared {
     pub acceptors: tls::Acceptors,
     pub stats: stats::Stats,
     pub access_logs: als::AccessLogs,
+    /// Channels to authorization services (ext_authz).
+    pub authz: authz::Authz,
     /// Set on SIGTERM: listeners close, requests in flight finish.
     pub draining: watch::Receiver<bool>,
     /// Requests being handled now.
@@ -80,6 +84,7 @@ pub async fn run(args: Args) -> Result<(), ProxyError> {
         draining,
         active: std::sync::atomic::AtomicUsize::new(0),
         access_logs: als::AccessLogs::new(boot.node_id.clone(), config.clone()),
+        authz: authz::Authz::default(),
         bootstrap: boot,
         config,
         xds: xds_state,

@@ -33,7 +33,11 @@ use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
     CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
 };
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
+    ExtAuthz as PbExtAuthz, ExtAuthzPerRoute, ext_authz, ext_authz_per_route,
+};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
@@ -48,6 +52,7 @@ use prost::{Message, Name};
 pub const HCM: &str = "envoy.filters.network.http_connection_manager";
 pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+pub const EXT_AUTHZ_FILTER: &str = "envoy.filters.http.ext_authz";
 pub const CORS_FILTER: &str = "envoy.filters.http.cors";
 pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
 
@@ -228,6 +233,31 @@ pub struct HttpManager {
     /// Whether the connection's peer is the client (edge), rather than x-forwarded-for.
     pub use_remote_address: bool,
     pub access_log: Option<AccessLogSink>,
+    /// External authorization (mixer's checks), asked before the route is followed.
+    pub ext_authz: Option<ExtAuthz>,
+}
+
+/// The ext_authz filter over gRPC (`envoy.service.auth.v3.Authorization/Check`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExtAuthz {
+    pub cluster: String,
+    pub timeout: Duration,
+    /// When the service cannot answer: let the request through (true) or answer
+    /// `status_on_error`.
+    pub failure_mode_allow: bool,
+    pub status_on_error: u16,
+}
+
+/// A route's ext_authz settings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum RouteAuthz {
+    /// Checked with no context extensions.
+    #[default]
+    Check,
+    /// Checked, with these context extensions in the request.
+    CheckWith(Vec<(String, String)>),
+    /// Not checked on this route.
+    Disabled,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -420,11 +450,28 @@ pub fn listener(l: &PbListener) -> Result<Listener, Refused> {
 
 fn http_manager(m: &HttpConnectionManager, name: &str) -> Result<HttpManager, Refused> {
     let field = "filter_chains[0].filters[0].typed_config";
+    let mut ext_authz = None;
     for (i, f) in m.http_filters.iter().enumerate() {
+        let filter_field = format!("{field}.http_filters[{i}]");
+        if f.name == EXT_AUTHZ_FILTER {
+            let Some(HttpFilterConfig::TypedConfig(any)) = &f.config_type else {
+                return Err(refuse(
+                    name,
+                    &filter_field,
+                    "ext_authz needs a typed_config",
+                ));
+            };
+            ext_authz = Some(ext_authz_config(
+                &decode(any, name, &filter_field)?,
+                name,
+                &format!("{filter_field}.typed_config"),
+            )?);
+            continue;
+        }
         if ![FAULT_FILTER, CORS_FILTER, ROUTER_FILTER].contains(&f.name.as_str()) {
             return Err(refuse(
                 name,
-                &format!("{field}.http_filters[{i}]"),
+                &filter_field,
                 format!("HTTP filter {} is not supported", f.name),
             ));
         }
@@ -439,6 +486,70 @@ fn http_manager(m: &HttpConnectionManager, name: &str) -> Result<HttpManager, Re
         routes,
         use_remote_address: m.use_remote_address.as_ref().is_some_and(|b| b.value),
         access_log: access_log(&m.access_log, name, &format!("{field}.access_log"), true)?,
+        ext_authz,
+    })
+}
+
+/// The gRPC ext_authz filter; any setting keel-proxy would not honour is refused.
+fn ext_authz_config(c: &PbExtAuthz, resource: &str, field: &str) -> Result<ExtAuthz, Refused> {
+    let grpc = match &c.services {
+        Some(ext_authz::Services::GrpcService(g)) => g,
+        Some(ext_authz::Services::HttpService(_)) => {
+            return Err(refuse(
+                resource,
+                &format!("{field}.http_service"),
+                "only the gRPC authorization service is supported",
+            ));
+        }
+        None => return Err(refuse(resource, field, "no grpc_service")),
+    };
+    let cluster = match &grpc.target_specifier {
+        Some(TargetSpecifier::EnvoyGrpc(e)) => e.cluster_name.clone(),
+        _ => {
+            return Err(refuse(
+                resource,
+                &format!("{field}.grpc_service"),
+                "only envoy_grpc is supported",
+            ));
+        }
+    };
+    let unsupported_set = [
+        ("with_request_body", c.with_request_body.is_some()),
+        ("filter_enabled", c.filter_enabled.is_some()),
+        (
+            "filter_enabled_metadata",
+            c.filter_enabled_metadata.is_some(),
+        ),
+        ("deny_at_disable", c.deny_at_disable.is_some()),
+        ("allowed_headers", c.allowed_headers.is_some()),
+        ("disallowed_headers", c.disallowed_headers.is_some()),
+        ("clear_route_cache", c.clear_route_cache),
+        ("include_peer_certificate", c.include_peer_certificate),
+        ("include_tls_session", c.include_tls_session),
+        ("shadow_mode", c.shadow_mode),
+        (
+            "metadata_context_namespaces",
+            !c.metadata_context_namespaces.is_empty(),
+        ),
+    ];
+    if let Some((f, _)) = unsupported_set.iter().find(|(_, set)| *set) {
+        return Err(unsupported(resource, &format!("{field}.{f}")));
+    }
+    Ok(ExtAuthz {
+        cluster,
+        // Envoy's default for gRPC authorization calls.
+        timeout: grpc
+            .timeout
+            .as_ref()
+            .map(duration)
+            .unwrap_or(Duration::from_millis(200)),
+        failure_mode_allow: c.failure_mode_allow,
+        status_on_error: c
+            .status_on_error
+            .as_ref()
+            .and_then(|s| u16::try_from(s.code).ok())
+            .filter(|c| (200..600).contains(c))
+            .unwrap_or(403),
     })
 }
 
@@ -462,6 +573,7 @@ pub struct Route {
     pub matcher: RouteMatch,
     pub action: RouteAction,
     pub fault: Option<Fault>,
+    pub ext_authz: RouteAuthz,
     pub request_headers_to_add: Vec<(String, String)>,
     pub request_headers_to_remove: Vec<String>,
     pub response_headers_to_add: Vec<(String, String)>,
@@ -845,8 +957,31 @@ fn route(r: &PbRoute, resource: &str, field: &str) -> Result<Route, Refused> {
         _ => return Err(unsupported(resource, &format!("{field}.action"))),
     };
     let mut fault_cfg = None;
+    let mut authz = RouteAuthz::Check;
     for (name, any) in &r.typed_per_filter_config {
         match name.as_str() {
+            EXT_AUTHZ_FILTER => {
+                let f = format!("{field}.typed_per_filter_config");
+                let per_route: ExtAuthzPerRoute = decode(any, resource, &f)?;
+                authz = match per_route.r#override {
+                    Some(ext_authz_per_route::Override::Disabled(true)) => RouteAuthz::Disabled,
+                    Some(ext_authz_per_route::Override::Disabled(false)) | None => {
+                        RouteAuthz::Check
+                    }
+                    Some(ext_authz_per_route::Override::CheckSettings(s)) => {
+                        if s.with_request_body.is_some() {
+                            return Err(unsupported(
+                                resource,
+                                &format!("{f}.check_settings.with_request_body"),
+                            ));
+                        }
+                        let mut ext: Vec<(String, String)> =
+                            s.context_extensions.into_iter().collect();
+                        ext.sort();
+                        RouteAuthz::CheckWith(ext)
+                    }
+                };
+            }
             FAULT_FILTER => {
                 fault_cfg = Some(fault(
                     &decode::<HttpFault>(any, resource, field)?,
@@ -872,6 +1007,7 @@ fn route(r: &PbRoute, resource: &str, field: &str) -> Result<Route, Refused> {
         },
         action,
         fault: fault_cfg,
+        ext_authz: authz,
         request_headers_to_add: headers_to_add(&r.request_headers_to_add),
         request_headers_to_remove: r
             .request_headers_to_remove

@@ -26,6 +26,9 @@ pub struct Stats {
     pub access_logs_dropped: Counter,
     pub tls_errors: Counter,
     pub unsupported_upstream: Counter,
+    pub ext_authz_ok: Counter,
+    pub ext_authz_denied: Counter,
+    pub ext_authz_error: Counter,
     pub responses: Family<ResponseLabels, Counter>,
 }
 
@@ -66,6 +69,18 @@ impl Default for Stats {
             "cluster_upstream_rq_unsupported_protocol",
             "Requests refused because the upstream needs HTTP/2",
         );
+        let ext_authz_ok = counter(
+            "http_ext_authz_ok",
+            "Requests the authorization service allowed",
+        );
+        let ext_authz_denied = counter(
+            "http_ext_authz_denied",
+            "Requests the authorization service denied",
+        );
+        let ext_authz_error = counter(
+            "http_ext_authz_error",
+            "Checks that got no answer (unreachable, timed out)",
+        );
         let responses = Family::<ResponseLabels, Counter>::default();
         registry.register(
             "cluster_upstream_rq_xx",
@@ -85,6 +100,9 @@ impl Default for Stats {
             access_logs_dropped,
             tls_errors,
             unsupported_upstream,
+            ext_authz_ok,
+            ext_authz_denied,
+            ext_authz_error,
             responses,
         }
     }

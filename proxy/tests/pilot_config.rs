@@ -64,6 +64,7 @@ fn mesh(extra_files: &[&str], extra_yaml: &str) -> Mesh {
         resources,
     })
     .with_telemetry(Some(("10.88.0.1".into(), 9091)))
+    .with_policy(Some(("10.88.0.1".into(), 9091)))
 }
 
 fn convert(mesh: &Mesh, node: &str) -> Result<Config, String> {
@@ -138,6 +139,30 @@ fn every_walkthrough_config_converts_for_sidecars_and_the_gateway() {
             .values()
             .any(|l| l.use_original_dst && l.address.port() == 15001)
     );
+    // Policy checks: productpage's inbound listener asks mixer, naming its service; the
+    // outbound side does not check.
+    let inbound = &c.listeners["10.88.0.7_9080"];
+    let model::NetworkFilter::Http(hcm) = &inbound.filter else {
+        panic!("inbound 9080 is HTTP")
+    };
+    let authz = hcm.ext_authz.as_ref().expect("ext_authz on inbound");
+    assert_eq!(authz.cluster, "mixer_policy");
+    assert!(!authz.failure_mode_allow);
+    assert_eq!(authz.status_on_error, 503);
+    let model::RouteSource::Inline(table) = &hcm.routes else {
+        panic!("inbound routes are inline")
+    };
+    assert_eq!(
+        table.virtual_hosts[0].routes[0].ext_authz,
+        model::RouteAuthz::CheckWith(vec![(
+            "destination.service.host".into(),
+            "productpage.default.svc.cluster.local".into()
+        )])
+    );
+    let model::NetworkFilter::Http(outbound) = &c.listeners["0.0.0.0_9080"].filter else {
+        panic!("outbound 9080 is HTTP")
+    };
+    assert!(outbound.ext_authz.is_none());
 }
 
 #[test]
