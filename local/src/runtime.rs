@@ -142,6 +142,9 @@ pub struct Options {
     pub net: NetConfig,
     pub ports: Ports,
     pub images_file: PathBuf,
+    /// Whether sidecars check every inbound request with mixer (Istio 1.0's default;
+    /// `disablePolicyChecks: true` turns it off).
+    pub policy_checks: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +256,7 @@ pub async fn run(opts: Options) -> Result<(), RuntimeError> {
     let mut status = Status {
         pid: std::process::id(),
         proxy: opts.data_plane.name().to_owned(),
+        policy_checks: opts.policy_checks,
         progress: "checking the machine".into(),
         gateway_url: format!("http://127.0.0.1:{}", opts.ports.gateway_http),
         ..Status::default()
@@ -496,20 +500,24 @@ impl Runtime {
 
         self.set_progress("starting pilot");
         let galley_ads = format!("http://127.0.0.1:{}", ports.galley_grpc);
-        self.component(
-            "pilot",
-            "keel-pilot",
-            vec![
-                "--galley".into(),
-                galley_ads.clone(),
-                "--grpc-addr".into(),
-                format!("{bridge}:{}", ports.pilot_grpc),
-                "--http-addr".into(),
-                format!("127.0.0.1:{}", ports.pilot_http),
-                "--mixer-telemetry".into(),
+        let mut pilot_args: Vec<String> = vec![
+            "--galley".into(),
+            galley_ads.clone(),
+            "--grpc-addr".into(),
+            format!("{bridge}:{}", ports.pilot_grpc),
+            "--http-addr".into(),
+            format!("127.0.0.1:{}", ports.pilot_http),
+            "--mixer-telemetry".into(),
+            format!("{bridge}:{}", ports.mixer_grpc),
+        ];
+        if self.opts.policy_checks {
+            // Mixer serves checks on the same gRPC port as reports.
+            pilot_args.extend([
+                "--mixer-policy".into(),
                 format!("{bridge}:{}", ports.mixer_grpc),
-            ],
-        );
+            ]);
+        }
+        self.component("pilot", "keel-pilot", pilot_args);
         self.wait_ready("pilot", ports.pilot_http, "/ready").await?;
 
         self.set_progress("starting mixer");
@@ -1591,6 +1599,10 @@ pub struct Args {
     /// The user's image table (default: images.yaml beside --home).
     #[arg(long)]
     pub images: Option<PathBuf>,
+    /// No policy checks (Istio's `disablePolicyChecks: true`): sidecars do not ask mixer
+    /// before serving a request, so deniers and quotas have no effect.
+    #[arg(long)]
+    pub disable_policy_checks: bool,
 }
 
 impl Args {
@@ -1619,6 +1631,7 @@ impl Args {
             net: NetConfig::default(),
             ports: Ports::default(),
             images_file,
+            policy_checks: !self.disable_policy_checks,
         }
     }
 }
@@ -1642,6 +1655,7 @@ mod tests {
                 ..Ports::default()
             },
             images_file: dir.join("images.yaml"),
+            policy_checks: true,
         }
     }
 

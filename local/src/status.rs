@@ -108,6 +108,9 @@ pub struct Status {
     pub pid: u32,
     /// The data plane: `envoy` or `keel`.
     pub proxy: String,
+    /// Whether sidecars check requests with mixer.
+    #[serde(default)]
+    pub policy_checks: bool,
     pub phase: Phase,
     /// Why the mesh failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -302,3 +302,52 @@ fn a_check_bag_has_both_workloads_and_the_request() {
         other => panic!("{other:?}"),
     }
 }
+
+fn keel_sample(file: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../samples/bookinfo/policy")
+        .join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"))
+}
+
+#[test]
+fn keels_policy_samples_deny_and_limit_as_their_comments_say() {
+    let deny = Mixer::new(load(&keel_sample("deny-reviews-v3.yaml"), "default"));
+    let now = Instant::now();
+    let v3 = deny.check(
+        &request("10.0.0.3", "10.0.0.4", "ratings", "/ratings/0", ""),
+        now,
+    );
+    assert_eq!(
+        (v3.http_status(), v3.body().as_str()),
+        (
+            403,
+            "PERMISSION_DENIED:deny-reviews-v3.denier.default:reviews v3 may not call ratings"
+        )
+    );
+    assert!(
+        deny.check(
+            &request("10.0.0.2", "10.0.0.4", "ratings", "/ratings/0", ""),
+            now
+        )
+        .is_ok()
+    );
+
+    // Applied without a namespace: everything says istio-system itself.
+    let limit = Mixer::new(load(&keel_sample("productpage-ratelimit.yaml"), "default"));
+    let page = request(
+        "10.0.0.9",
+        "10.0.0.1",
+        "productpage",
+        "/productpage",
+        "1.2.3.4",
+    );
+    assert!(limit.check(&page, now).is_ok());
+    assert!(limit.check(&page, now).is_ok());
+    let third = limit.check(&page, now);
+    assert_eq!(
+        (third.http_status(), third.body().as_str()),
+        (429, "RESOURCE_EXHAUSTED:Quota is exhausted for: pagequota")
+    );
+    assert!(limit.check(&page, now + Duration::from_secs(5)).is_ok());
+}

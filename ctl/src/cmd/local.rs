@@ -32,6 +32,10 @@ pub struct UpArgs {
     /// How long to wait for the mesh to be ready, in seconds.
     #[arg(long, default_value_t = 180)]
     pub timeout: u64,
+    /// Turn off policy checks (Istio's `disablePolicyChecks: true`): sidecars stop asking
+    /// mixer before each request, so deniers and quotas have no effect.
+    #[arg(long)]
+    pub disable_policy_checks: bool,
 }
 
 pub fn up(args: &UpArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<bool> {
@@ -64,6 +68,7 @@ pub fn up(args: &UpArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Re
         proxy_binary: None,
         bin_dir: Some(bin_dir()),
         images: None,
+        disable_policy_checks: args.disable_policy_checks,
     };
     let options = run_args.clone().options();
     let problems = runtime::preflight(&options);
@@ -95,6 +100,7 @@ pub fn up(args: &UpArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Re
         .arg(&options.bin_dir)
         .arg("--images")
         .arg(&options.images_file)
+        .args((!options.policy_checks).then_some("--disable-policy-checks"))
         .stdin(Stdio::null())
         .stdout(Stdio::from(log_file.try_clone()?))
         .stderr(Stdio::from(log_file));
@@ -278,8 +284,10 @@ pub fn status(args: &StatusArgs, out: &mut dyn Write, err: &mut dyn Write) -> an
     };
     writeln!(
         out,
-        "Mesh:     {phase} (data plane {}, runtime pid {})",
-        s.proxy, s.pid
+        "Mesh:     {phase} (data plane {}, policy checks {}, runtime pid {})",
+        s.proxy,
+        if s.policy_checks { "on" } else { "off" },
+        s.pid
     )?;
     if let Some(e) = &s.error {
         writeln!(out, "Error:    {e}")?;
