@@ -564,11 +564,12 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
     })
 }
 
-/// Writes stdio adapter lines; a blocked output holds up only this thread. FILE and
-/// ROTATED_FILE append to `outputPath` (rotation itself is not done: use logrotate's
-/// copytruncate); without a path they go to stdout.
+/// Writes stdio adapter lines; a blocked output holds up only this thread. FILE appends to
+/// `outputPath`, ROTATED_FILE also rotates it ([`crate::adapter::rotate`]); without a path
+/// they go to stdout.
 fn write_lines(mut rx: mpsc::Receiver<stdio::Line>) {
-    let mut files: std::collections::HashMap<String, std::fs::File> =
+    use crate::adapter::rotate::RotatingFile;
+    let mut files: std::collections::HashMap<String, RotatingFile> =
         std::collections::HashMap::new();
     let mut warned = false;
     while let Some(line) = rx.blocking_recv() {
@@ -576,16 +577,24 @@ fn write_lines(mut rx: mpsc::Receiver<stdio::Line>) {
         let result = match (line.stream, &line.path) {
             (LogStream::Stderr, _) => writeln!(std::io::stderr().lock(), "{text}"),
             (LogStream::File | LogStream::RotatedFile, Some(path)) => {
+                // A plain FILE never rotates: its limit is out of reach.
+                let rotation = line.rotation.unwrap_or(crate::adapter::rotate::Rotation {
+                    max_bytes: u64::MAX,
+                    max_age: std::time::Duration::MAX,
+                    max_files: usize::MAX,
+                });
+                if files.get(path).is_some_and(|f| f.rotation() != rotation) {
+                    files.remove(path);
+                }
                 let file = match files.entry(path.clone()) {
                     std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
-                    std::collections::hash_map::Entry::Vacant(v) => std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                        .map(|f| v.insert(f)),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        RotatingFile::open(std::path::Path::new(path), rotation)
+                            .map(|f| v.insert(f))
+                    }
                 };
                 match file {
-                    Ok(f) => writeln!(f, "{text}"),
+                    Ok(f) => f.write_line(text, std::time::SystemTime::now()),
                     Err(e) => {
                         tracing::warn!(%path, error = %e, "cannot open the stdio adapter's outputPath; line written to stdout");
                         writeln!(std::io::stdout().lock(), "{text}")

@@ -2,4 +2,5 @@
 
 pub mod fluentd;
 pub mod prometheus;
+pub mod rotate;
 pub mod stdio;

@@ -16,6 +16,8 @@ pub struct Line {
     pub stream: LogStream,
     /// For FILE and ROTATED_FILE: `outputPath`.
     pub path: Option<String>,
+    /// For ROTATED_FILE: when to rotate and what to keep.
+    pub rotation: Option<super::rotate::Rotation>,
     pub text: String,
 }
 
@@ -104,6 +106,7 @@ pub fn format(params: &StdioParams, instance: &Instance) -> Option<Line> {
             LogStream::File | LogStream::RotatedFile => params.output_path.clone(),
             _ => None,
         },
+        rotation: (stream == LogStream::RotatedFile).then(|| super::rotate::Rotation::of(params)),
         text,
     })
 }
