@@ -549,13 +549,14 @@ fn double_in_exporter() -> Result<f64> {
 }
 
 /// `istio_requests_total` from mixer's adapter, by (reporter, source_app, destination_app).
-fn requests_by_hop() -> Result<std::collections::BTreeMap<(String, String, String), f64>> {
+type ByHop = std::collections::BTreeMap<(String, String, String), f64>;
+
+/// `metric` from mixer's adapter, summed by (reporter, source_app, destination_app).
+fn by_hop(metric: &str) -> Result<ByHop> {
     let text = Client::new("127.0.0.1:42422").get("/metrics", &[])?.body;
     let mut out = std::collections::BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("istio_requests_total{"))
-    {
+    let prefix = format!("{metric}{{");
+    for line in text.lines().filter(|l| l.starts_with(&prefix)) {
         let label = |name: &str| {
             line.split(&format!("{name}=\""))
                 .nth(1)
@@ -598,7 +599,8 @@ fn telemetry(mesh: &Mesh, gw: &str) -> Result<()> {
     // Reports of the last scenario may have arrived after the rules were installed; they
     // counted too. Mixer's own exporter says how many, without a scrape's delay.
     let double_before = double_in_exporter()?;
-    let hops_before = requests_by_hop()?;
+    let hops_before = by_hop("istio_requests_total")?;
+    let durations_before = by_hop("istio_request_duration_seconds_count")?;
     let logs_before = mesh
         .keelctl(&["logs", "mixer"])?
         .stdout
@@ -617,7 +619,8 @@ fn telemetry(mesh: &Mesh, gw: &str) -> Result<()> {
         "{reports} reports for {n} pages, expected {}",
         8 * n
     );
-    let hops_after = requests_by_hop()?;
+    let hops_after = by_hop("istio_requests_total")?;
+    let durations_after = by_hop("istio_request_duration_seconds_count")?;
     for (src, dst) in [
         ("istio-ingressgateway", "productpage"),
         ("productpage", "details"),
@@ -631,6 +634,12 @@ fn telemetry(mesh: &Mesh, gw: &str) -> Result<()> {
             ensure!(
                 delta == f64::from(n),
                 "istio_requests_total {key:?} grew by {delta}, not {n}"
+            );
+            let observed = durations_after.get(&key).copied().unwrap_or(0.0)
+                - durations_before.get(&key).copied().unwrap_or(0.0);
+            ensure!(
+                observed == f64::from(n),
+                "istio_request_duration_seconds {key:?} observed {observed} requests, not {n}"
             );
         }
     }
