@@ -9,11 +9,12 @@ use std::fmt::Write as _;
 use crate::prom::Sample;
 
 /// Every query the dashboard runs, by key. Rates over one minute of destination reports, as
-/// the Grafana dashboard had them.
+/// the Grafana dashboard had them; the global rates are 0, not "no data", when nothing
+/// matched.
 pub const QUERIES: &[(&str, &str)] = &[
     (
         "volume",
-        r#"sum(rate(istio_requests_total{reporter="destination"}[1m]))"#,
+        r#"sum(rate(istio_requests_total{reporter="destination"}[1m])) or vector(0)"#,
     ),
     (
         "success",
@@ -21,11 +22,11 @@ pub const QUERIES: &[(&str, &str)] = &[
     ),
     (
         "4xx",
-        r#"sum(rate(istio_requests_total{reporter="destination",response_code=~"4.*"}[1m]))"#,
+        r#"sum(rate(istio_requests_total{reporter="destination",response_code=~"4.*"}[1m])) or vector(0)"#,
     ),
     (
         "5xx",
-        r#"sum(rate(istio_requests_total{reporter="destination",response_code=~"5.*"}[1m]))"#,
+        r#"sum(rate(istio_requests_total{reporter="destination",response_code=~"5.*"}[1m])) or vector(0)"#,
     ),
     (
         "svc_volume",

@@ -3,7 +3,7 @@
 //! request routing, fault delay, the fix by editing the VirtualService, abort, traffic
 //! shifting), the walkthrough's telemetry (new_telemetry.yaml, Prometheus, mixer's log), its
 //! EFK step (logging-stack.yaml and fluentd-istio.yaml, taken from the walkthrough itself),
-//! Istio 1.0's policy tasks (denial, rate limit),
+//! Istio 1.0's policy tasks (denial, rate limit), the dashboard and the service graph,
 //! restarts, rolls, and `keelctl down` leaving nothing behind.
 //!
 //! Needs root (network namespaces, iptables), Envoy and the built binaries: `cargo xtask
@@ -704,6 +704,95 @@ fn telemetry(mesh: &Mesh, gw: &str) -> Result<()> {
     Ok(())
 }
 
+/// The walkthrough's dashboard and service graph steps: after traffic, servicegraph on 8088
+/// draws every Bookinfo hop with a rate, in all its forms, and the mesh dashboard on 3000
+/// shows volume, success rate and latency per service.
+fn dashboards(mesh: &Mesh) -> Result<()> {
+    let status = mesh.status()?;
+    let endpoint = |name: &str| -> Result<String> {
+        status["endpoints"][name]
+            .as_str()
+            .map(|u| u.trim_start_matches("http://").to_owned())
+            .ok_or_else(|| anyhow::anyhow!("no {name} endpoint in the status"))
+    };
+    let graph_url = endpoint("servicegraph")?;
+    let (graph_addr, force_path) = graph_url.split_once('/').unwrap_or((&graph_url, ""));
+    let graph = eventually(
+        "every hop in the service graph",
+        Duration::from_secs(60),
+        || {
+            let r = Client::new(graph_addr).get("/graph?time_horizon=5m&filter_empty=true", &[])?;
+            let g: Value = serde_json::from_str(&r.body)?;
+            let rate = |src: &str, dst: &str| -> f64 {
+                g["edges"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e["source"] == src && e["target"] == dst)
+                    .filter_map(|e| e["labels"]["reqs/sec"].as_str()?.parse::<f64>().ok())
+                    .sum()
+            };
+            let hops = [
+                (
+                    "istio-ingressgateway (istio-ingressgateway)",
+                    "productpage (productpage-v1)",
+                ),
+                ("productpage (productpage-v1)", "details (details-v1)"),
+                ("productpage (productpage-v1)", "reviews (reviews-v3)"),
+                ("reviews (reviews-v3)", "ratings (ratings-v1)"),
+            ];
+            Ok(hops.iter().all(|(s, d)| rate(s, d) > 0.0).then_some(g))
+        },
+    )?;
+    ensure!(
+        graph["nodes"]["details (details-v1)"].is_object(),
+        "{graph}"
+    );
+    let d3: Value = serde_json::from_str(&Client::new(graph_addr).get("/d3graph", &[])?.body)?;
+    ensure!(
+        d3["links"].as_array().is_some_and(|l| !l.is_empty()) && d3["nodes"][0]["name"].is_string(),
+        "{d3}"
+    );
+    let dot = Client::new(graph_addr).get("/dotgraph", &[])?.body;
+    ensure!(
+        dot.contains("\"productpage_(productpage-v1)\" -> \"details_(details-v1)\""),
+        "{dot}"
+    );
+    let viz = Client::new(graph_addr).get("/dotviz", &[])?.body;
+    ensure!(
+        viz.contains("<svg") && viz.contains("ratings (ratings-v1)"),
+        "{viz}"
+    );
+    let force = Client::new(graph_addr).get(&format!("/{force_path}"), &[])?;
+    ensure!(force.status == 200 && force.body.contains("/d3graph"));
+    let bad = Client::new(graph_addr).get("/graph?time_horizon=soon", &[])?;
+    ensure!(
+        bad.status == 400 && bad.body.contains("time_horizon"),
+        "{}",
+        bad.body
+    );
+
+    let dash_url = endpoint("dashboard")?;
+    let (dash_addr, dash_path) = dash_url.split_once('/').unwrap_or((&dash_url, ""));
+    let page = Client::new(dash_addr).get(&format!("/{dash_path}"), &[])?;
+    ensure!(page.status == 200 && page.body.contains("Global Request Volume"));
+    let m: Value = serde_json::from_str(&Client::new(dash_addr).get("/api/mesh", &[])?.body)?;
+    ensure!(m["errors"].as_array().is_some_and(Vec::is_empty), "{m}");
+    ensure!(m["volume"].as_f64().is_some_and(|v| v > 0.0), "{m}");
+    ensure!(
+        m["success"].as_f64().is_some_and(|v| v > 0.0 && v <= 1.0),
+        "{m}"
+    );
+    let pp = &m["http_services"]["productpage.default.svc.cluster.local"];
+    ensure!(pp["volume"].as_f64().is_some_and(|v| v > 0.0), "{m}");
+    ensure!(
+        pp["p50_seconds"].as_f64().is_some_and(|v| v > 0.0)
+            && pp["p99_seconds"].as_f64() >= pp["p50_seconds"].as_f64(),
+        "{m}"
+    );
+    Ok(())
+}
+
 /// A YAML block of the user's walkthrough (../shared/seeds), by what precedes and follows it.
 fn seed_block(after: &str, before: &str) -> Result<String> {
     for e in std::fs::read_dir(shared().join("seeds"))? {
@@ -1229,6 +1318,7 @@ fn run_all(proxy: &str) -> Result<()> {
     https_gateway(&mesh)?;
     let gw = mesh.gateway()?;
     telemetry(&mesh, &gw)?;
+    dashboards(&mesh)?;
     logs_to_fluentd(&mesh, &gw)?;
     policy(&mesh, &gw)?;
     restarts_and_rolls(&mesh, &gw)?;

@@ -59,6 +59,8 @@ pub struct Ports {
     pub mixer_prometheus: u16,
     pub mixer_monitoring: u16,
     pub prometheus: u16,
+    pub servicegraph: u16,
+    pub dashboard: u16,
     pub gateway_http: u16,
     pub gateway_https: u16,
 }
@@ -74,6 +76,8 @@ impl Default for Ports {
             mixer_prometheus: 42422,
             mixer_monitoring: 15014,
             prometheus: 9090,
+            servicegraph: 8088,
+            dashboard: 3000,
             gateway_http: 31380,
             gateway_https: 31390,
         }
@@ -81,7 +85,7 @@ impl Default for Ports {
 }
 
 impl Ports {
-    fn all(&self) -> [(u16, &'static str); 10] {
+    fn all(&self) -> [(u16, &'static str); 12] {
         [
             (self.galley_http, "galley's API"),
             (self.galley_grpc, "galley's ADS"),
@@ -91,6 +95,8 @@ impl Ports {
             (self.mixer_prometheus, "mixer's prometheus adapter"),
             (self.mixer_monitoring, "mixer's monitoring"),
             (self.prometheus, "prometheus"),
+            (self.servicegraph, "servicegraph"),
+            (self.dashboard, "the mesh dashboard"),
             (self.gateway_http, "the ingress gateway (HTTP)"),
             (self.gateway_https, "the ingress gateway (HTTPS)"),
         ]
@@ -201,7 +207,13 @@ pub fn preflight(opts: &Options) -> Vec<String> {
                 .to_owned(),
         );
     }
-    for bin in ["keel-galley", "keel-pilot", "keel-mixer"] {
+    for bin in [
+        "keel-galley",
+        "keel-pilot",
+        "keel-mixer",
+        "keel-servicegraph",
+        "keel-dashboard",
+    ] {
         if !opts.bin_dir.join(bin).is_file() {
             problems.push(format!(
                 "{bin} is not in {} (build it with `cargo build --bins`)",
@@ -544,6 +556,36 @@ impl Runtime {
 
         self.set_progress("starting prometheus");
         self.start_prometheus().await?;
+        if self.prometheus.is_some() {
+            self.set_progress("starting servicegraph and the dashboard");
+            let prom = format!("127.0.0.1:{}", ports.prometheus);
+            for (name, program, port, ready) in [
+                (
+                    "servicegraph",
+                    "keel-servicegraph",
+                    ports.servicegraph,
+                    "/healthz",
+                ),
+                (
+                    "dashboard",
+                    "keel-dashboard",
+                    ports.dashboard,
+                    "/api/health",
+                ),
+            ] {
+                self.component(
+                    name,
+                    program,
+                    vec![
+                        "--listen".into(),
+                        format!("127.0.0.1:{port}"),
+                        "--prometheus".into(),
+                        prom.clone(),
+                    ],
+                );
+                self.wait_ready(name, port, ready).await?;
+            }
+        }
 
         self.status.endpoints = self.endpoints();
         self.set_progress("starting the ingress gateway");
@@ -627,6 +669,17 @@ impl Runtime {
             e.insert(
                 "prometheus".to_owned(),
                 format!("http://127.0.0.1:{}", p.prometheus),
+            );
+            e.insert(
+                "servicegraph".to_owned(),
+                format!("http://127.0.0.1:{}/force/forcegraph.html", p.servicegraph),
+            );
+            e.insert(
+                "dashboard".to_owned(),
+                format!(
+                    "http://127.0.0.1:{}/dashboard/db/istio-mesh-dashboard",
+                    p.dashboard
+                ),
             );
         }
         e

@@ -177,8 +177,10 @@ fn print_next_steps(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         "  export GATEWAY_URL={}",
         s.gateway_url.trim_start_matches("http://")
     )?;
-    if let Some(p) = s.endpoints.get("prometheus") {
-        writeln!(out, "  prometheus: {p}")?;
+    for name in ["prometheus", "dashboard", "servicegraph"] {
+        if let Some(p) = s.endpoints.get(name) {
+            writeln!(out, "  {name}: {p}")?;
+        }
     }
     writeln!(
         out,
@@ -365,7 +367,15 @@ pub struct LogsArgs {
 
 /// Which log file `keelctl logs` reads.
 pub fn log_path(args: &LogsArgs, s: &Status, layout: &Layout) -> Result<PathBuf, String> {
-    let components = ["galley", "pilot", "mixer", "prometheus", "runtime"];
+    let components = [
+        "galley",
+        "pilot",
+        "mixer",
+        "prometheus",
+        "servicegraph",
+        "dashboard",
+        "runtime",
+    ];
     if components.contains(&args.target.as_str()) {
         return Ok(layout.component_log(&args.target));
     }
