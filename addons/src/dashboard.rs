@@ -90,6 +90,9 @@ pub struct Mesh {
     pub errors: Vec<String>,
 }
 
+/// A per-service query's values.
+type ByService = Vec<(String, Option<f64>)>;
+
 fn finite(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
 }
@@ -113,7 +116,7 @@ impl Mesh {
         let success = single(ok("success"));
         let r4 = single(ok("4xx"));
         let r5 = single(ok("5xx"));
-        let mut by_service = |key: &str| -> Vec<(String, Option<f64>)> {
+        let mut by_service = |key: &str| -> ByService {
             ok(key)
                 .into_iter()
                 .map(|s| {
@@ -127,7 +130,7 @@ impl Mesh {
                 })
                 .collect()
         };
-        let svc: [(&str, Vec<(String, Option<f64>)>); 5] = [
+        let svc: [(&str, ByService); 5] = [
             ("svc_volume", by_service("svc_volume")),
             ("svc_success", by_service("svc_success")),
             ("svc_p50", by_service("svc_p50")),
