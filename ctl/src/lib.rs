@@ -58,6 +58,8 @@ pub enum Command {
     Status(cmd::local::StatusArgs),
     /// A pod's container log, or a component's (galley, pilot, mixer, ingressgateway, ...).
     Logs(cmd::local::LogsArgs),
+    /// Forward local ports to a pod (local mesh), until interrupted.
+    PortForward(cmd::forward::Args),
 }
 
 /// kubectl takes `-n NS` before the verb (`kubectl -n istio-system get pods`); keelctl's
@@ -108,6 +110,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Command::Label(a) => cmd::label::run(a, &client, &mut out, &mut err).await,
                     Command::ProxyStatus(a) => cmd::proxy::status(a, &mut out, &mut err).await,
                     Command::ProxyConfig(a) => cmd::proxy::config(a, &mut out, &mut err).await,
+                    Command::PortForward(a) => {
+                        cmd::forward::run(a, &client, &mut out, &mut err).await
+                    }
                     Command::Validate(_)
                     | Command::Context(_)
                     | Command::Expr(_)

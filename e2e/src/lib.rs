@@ -23,6 +23,17 @@ pub fn bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/debug"))
 }
 
+/// A child process killed (and reaped) when dropped.
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `../shared` (Istio's samples and goldens).
 pub fn shared() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
@@ -94,6 +105,27 @@ impl Mesh {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
+    }
+
+    /// A long-running keelctl (port-forward), killed when the guard drops; the first line
+    /// of its output is returned once it is there.
+    pub fn keelctl_background(&self, args: &[&str]) -> Result<(KillOnDrop, String)> {
+        use std::io::BufRead;
+        let mut child = Command::new(bin_dir().join("keelctl"))
+            .args(args)
+            .env("KEEL_HOME", &self.home)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running keelctl {}", args.join(" ")))?;
+        let stdout = child.stdout.take();
+        let guard = KillOnDrop(child);
+        let mut line = String::new();
+        if let Some(out) = stdout {
+            std::io::BufReader::new(out).read_line(&mut line)?;
+        }
+        Ok((guard, line.trim_end().to_owned()))
     }
 
     /// `keelctl apply -f FILE`, which must succeed.

@@ -790,6 +790,57 @@ fn dashboards(mesh: &Mesh) -> Result<()> {
             && pp["p99_seconds"].as_f64() >= pp["p50_seconds"].as_f64(),
         "{m}"
     );
+
+    // The walkthrough's lookups and port-forwards: components are host-network pods in
+    // istio-system under Istio's labels.
+    let pod_by_label = |label: &str| -> Result<String> {
+        let out = mesh.keelctl(&[
+            "-n",
+            "istio-system",
+            "get",
+            "pod",
+            "-l",
+            label,
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])?;
+        ensure!(
+            out.ok && !out.stdout.is_empty(),
+            "no pod -l {label}: {}",
+            out.stderr
+        );
+        Ok(out.stdout.trim().to_owned())
+    };
+    let grafana = pod_by_label("app=grafana")?;
+    let (_same, line) =
+        mesh.keelctl_background(&["-n", "istio-system", "port-forward", &grafana, "3000:3000"])?;
+    ensure!(line.contains("listens there already"), "{line}");
+    let servicegraph = pod_by_label("app=servicegraph")?;
+    let (_fwd, line) = mesh.keelctl_background(&[
+        "-n",
+        "istio-system",
+        "port-forward",
+        &servicegraph,
+        "18088:8088",
+    ])?;
+    ensure!(line == "Forwarding from 127.0.0.1:18088 -> 8088", "{line}");
+    ensure!(Client::new("127.0.0.1:18088").get("/graph", &[])?.status == 200);
+    let productpage = pod_named(mesh, "productpage-v1-")?;
+    let (_pp, line) = mesh.keelctl_background(&["port-forward", &productpage, "19080:9080"])?;
+    ensure!(line == "Forwarding from 127.0.0.1:19080 -> 9080", "{line}");
+    ensure!(
+        Client::new("127.0.0.1:19080")
+            .get("/productpage", &[])?
+            .status
+            == 200
+    );
+    let telemetry = pod_by_label("istio-mixer-type=telemetry")?;
+    let logs = mesh.keelctl(&["-n", "istio-system", "logs", &telemetry, "-c", "mixer"])?;
+    ensure!(
+        logs.ok && logs.stdout.contains("accesslog.logentry.istio-system"),
+        "{}",
+        logs.stderr
+    );
     Ok(())
 }
 

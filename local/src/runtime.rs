@@ -310,6 +310,7 @@ pub async fn run(opts: Options) -> Result<(), RuntimeError> {
         forwarders: Vec::new(),
         synced: BTreeSet::new(),
         problems: Vec::new(),
+        started_at: now(),
     };
     let result = rt.start_and_serve().await;
     if let Err(e) = &result {
@@ -363,6 +364,8 @@ struct Runtime {
     /// Node ids whose listeners pilot has seen acknowledged.
     synced: BTreeSet<String>,
     problems: Vec<String>,
+    /// When the mesh started (the component Pods' start time).
+    started_at: String,
 }
 
 struct Prometheus {
@@ -1279,6 +1282,37 @@ impl Runtime {
         out
     }
 
+    /// The components that run, as host-network Pods in istio-system.
+    fn component_pod_objects(&self) -> Vec<(String, Value)> {
+        let p = &self.opts.ports;
+        workload::COMPONENT_PODS
+            .iter()
+            .filter_map(|c| {
+                let running = self.components.iter().find(|x| x.name == c.component)?;
+                let ports: Vec<u16> = match c.component {
+                    "galley" => vec![p.galley_http, p.galley_grpc],
+                    "pilot" => vec![p.pilot_grpc, p.pilot_http],
+                    "mixer" => vec![p.mixer_grpc, p.mixer_prometheus, p.mixer_monitoring],
+                    "prometheus" => vec![p.prometheus],
+                    "servicegraph" => vec![p.servicegraph],
+                    "dashboard" => vec![p.dashboard],
+                    _ => Vec::new(),
+                };
+                let state = running.process.state();
+                Some((
+                    format!("{GATEWAY_NAMESPACE}/{}", c.name),
+                    workload::component_pod_object(
+                        c,
+                        &ports,
+                        &self.started_at,
+                        state.running,
+                        state.restarts,
+                    ),
+                ))
+            })
+            .collect()
+    }
+
     /// Records every running pod in galley (when it changed) and removes Pod objects of pods
     /// that no longer run.
     async fn sync_pod_objects(&mut self, snap: &Snapshot) {
@@ -1294,6 +1328,11 @@ impl Runtime {
             );
             if self.written.get(key) != Some(&obj) {
                 writes.push((key.clone(), obj));
+            }
+        }
+        for (key, obj) in self.component_pod_objects() {
+            if self.written.get(&key) != Some(&obj) {
+                writes.push((key, obj));
             }
         }
         if !writes.is_empty() {
@@ -1320,7 +1359,13 @@ impl Runtime {
                 continue;
             }
             let key = format!("{}/{}", r.namespace(), r.name());
-            if !self.pods.contains_key(&key)
+            let component = r
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(workload::COMPONENT));
+            if !component
+                && !self.pods.contains_key(&key)
                 && let Err(e) = self.galley.delete("pods", r.namespace(), r.name()).await
             {
                 tracing::warn!(pod = %key, error = %e, "cannot remove a stale Pod from galley");

@@ -274,6 +274,123 @@ pub struct ContainerState {
     pub waiting_reason: Option<String>,
 }
 
+/// A control-plane component shown as a host-network Pod in istio-system, the way Istio 1.0's
+/// components were pods there: `get pod -l app=prometheus`, `port-forward` and `logs` find
+/// them. Host-network pods are no mesh workloads (pilot and mixer leave them out).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ComponentPod {
+    /// The Pod's name.
+    pub name: &'static str,
+    /// The component (its log is `keelctl logs COMPONENT`).
+    pub component: &'static str,
+    pub container: &'static str,
+    pub labels: &'static [(&'static str, &'static str)],
+}
+
+/// The annotation naming a component Pod's component.
+pub const COMPONENT: &str = "keel.dev/component";
+
+/// Istio 1.0's names and labels for the components the local mesh runs.
+pub const COMPONENT_PODS: &[ComponentPod] = &[
+    ComponentPod {
+        name: "istio-galley-local",
+        component: "galley",
+        container: "validator",
+        labels: &[("app", "galley"), ("istio", "galley")],
+    },
+    ComponentPod {
+        name: "istio-pilot-local",
+        component: "pilot",
+        container: "discovery",
+        labels: &[("app", "pilot"), ("istio", "pilot")],
+    },
+    ComponentPod {
+        name: "istio-telemetry-local",
+        component: "mixer",
+        container: "mixer",
+        labels: &[
+            ("app", "telemetry"),
+            ("istio", "mixer"),
+            ("istio-mixer-type", "telemetry"),
+        ],
+    },
+    ComponentPod {
+        name: "istio-policy-local",
+        component: "mixer",
+        container: "mixer",
+        labels: &[
+            ("app", "policy"),
+            ("istio", "mixer"),
+            ("istio-mixer-type", "policy"),
+        ],
+    },
+    ComponentPod {
+        name: "prometheus-local",
+        component: "prometheus",
+        container: "prometheus",
+        labels: &[("app", "prometheus")],
+    },
+    ComponentPod {
+        name: "servicegraph-local",
+        component: "servicegraph",
+        container: "servicegraph",
+        labels: &[("app", "servicegraph")],
+    },
+    ComponentPod {
+        name: "grafana-local",
+        component: "dashboard",
+        container: "grafana",
+        labels: &[("app", "grafana")],
+    },
+];
+
+/// The Pod object of a component listening on `ports` of the host's loopback.
+pub fn component_pod_object(
+    c: &ComponentPod,
+    ports: &[u16],
+    start_time: &str,
+    running: bool,
+    restarts: u32,
+) -> Value {
+    let labels: BTreeMap<&str, &str> = c.labels.iter().copied().collect();
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|p| json!({"containerPort": p, "hostPort": p}))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": c.name,
+            "namespace": "istio-system",
+            "labels": labels,
+            "annotations": {MANAGED_BY: "keel-local", COMPONENT: c.component},
+        },
+        "spec": {
+            "hostNetwork": true,
+            "nodeName": "local",
+            "containers": [{"name": c.container, "image": format!("keel/{}", c.component), "ports": ports}],
+        },
+        "status": {
+            "phase": if running { "Running" } else { "Pending" },
+            "podIP": "127.0.0.1",
+            "hostIP": "127.0.0.1",
+            "startTime": start_time,
+            "containerStatuses": [{
+                "name": c.container,
+                "image": format!("keel/{}", c.component),
+                "ready": running,
+                "restartCount": restarts,
+                "state": if running {
+                    json!({"running": {"startedAt": start_time}})
+                } else {
+                    json!({"waiting": {"reason": "CrashLoopBackOff"}})
+                },
+            }],
+        },
+    })
+}
+
 /// The Pod object the runtime records in galley: what `keelctl get pods` shows and what
 /// pilot and mixer read (address, labels, service account).
 pub fn pod_object(

@@ -351,7 +351,12 @@ impl Registry {
     }
 }
 
+/// A running pod's address. Host-network pods (the local mesh's control-plane components)
+/// share the host's address and have no sidecar: they are not mesh workloads.
 fn pod_ip(p: &Pod) -> Option<IpAddr> {
+    if p.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        return None;
+    }
     let status = p.status.as_ref()?;
     if status.phase.as_deref().is_some_and(|ph| ph != "Running") {
         return None;
@@ -429,6 +434,14 @@ metadata: {name: reviews-v3-pending, labels: {app: reviews, version: v3}}
 spec:
   containers: [{name: reviews, image: keel/bookinfo-reviews:0.1}]
 status: {phase: Pending}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: host-network, labels: {app: reviews, version: v9}}
+spec:
+  hostNetwork: true
+  containers: [{name: reviews, image: keel/bookinfo-reviews:0.1}]
+status: {phase: Running, podIP: 127.0.0.1}
 ";
 
     #[test]
@@ -438,7 +451,12 @@ status: {phase: Pending}
         assert_eq!(svc.address, Some("240.240.0.3".parse().unwrap()));
         assert_eq!(svc.ports[0].protocol, Protocol::Http);
         let eps = reg.endpoints(&svc.hostname, 9080);
-        assert_eq!(eps.len(), 2, "the pending pod has no endpoint");
+        assert_eq!(
+            eps.len(),
+            2,
+            "the pending pod and the host-network pod have no endpoint"
+        );
+        assert!(reg.workload("127.0.0.1".parse().unwrap()).is_none());
         assert_eq!(eps[0].address, "10.10.0.5");
         assert_eq!(eps[0].labels["version"], "v1");
         assert_eq!(eps[0].service_account, "bookinfo-reviews");

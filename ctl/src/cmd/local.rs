@@ -379,6 +379,14 @@ pub fn log_path(args: &LogsArgs, s: &Status, layout: &Layout) -> Result<PathBuf,
     if components.contains(&args.target.as_str()) {
         return Ok(layout.component_log(&args.target));
     }
+    // A component's host-network Pod (`istio-telemetry-local`, `pod/prometheus-local`).
+    let target = args.target.trim_start_matches("pod/");
+    if let Some(c) = keel_local::workload::COMPONENT_PODS
+        .iter()
+        .find(|c| c.name == target)
+    {
+        return Ok(layout.component_log(c.component));
+    }
     if args.target == "citadel" {
         return Err("citadel is not part of the local mesh yet (mutual TLS comes with it)".into());
     }

@@ -5,6 +5,7 @@ pub mod context;
 pub mod delete;
 pub mod edit;
 pub mod expr;
+pub mod forward;
 pub mod get;
 pub mod input;
 pub mod label;
