@@ -26,10 +26,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use crate::Shared;
 use crate::als::HttpEntry;
 use crate::authz::Decision;
+use crate::breaker::{Breaker, RetryGuard};
 use crate::model::{
     Balancer, Cluster, Config, Discovery, Forward, HttpManager, PathMatch, Route, RouteAction,
     RouteAuthz, RouteSource, RouteTable, VirtualHost,
 };
+use crate::outlier::{Detector, Outcome as OutlierOutcome};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -68,23 +70,21 @@ impl Drop for Active<'_> {
     }
 }
 
-/// Upstream state shared by all connections: load balancer positions and connection pools.
+/// Upstream state shared by all connections: load balancer positions, connection pools,
+/// circuit breakers and outlier detection.
 #[derive(Debug, Default)]
 pub struct Upstreams {
     next: Mutex<HashMap<String, usize>>,
     clients: Mutex<HashMap<String, Client<HttpConnector, Full<Bytes>>>>,
+    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+    pub outliers: Detector,
 }
 
 impl Upstreams {
-    /// An endpoint of `cluster`; ORIGINAL_DST clusters go where the client was going.
-    pub fn pick(
-        &self,
-        config: &Config,
-        cluster: &Cluster,
-        original_dst: SocketAddr,
-    ) -> Option<SocketAddr> {
-        let candidates: Vec<SocketAddr> = match cluster.discovery {
-            Discovery::OriginalDst => return Some(original_dst),
+    /// Every endpoint of `cluster`; ORIGINAL_DST clusters have the one the client dialled.
+    fn endpoints(config: &Config, cluster: &Cluster, original_dst: SocketAddr) -> Vec<SocketAddr> {
+        match cluster.discovery {
+            Discovery::OriginalDst => vec![original_dst],
             Discovery::Eds => config
                 .endpoints
                 .get(&cluster.eds_name)
@@ -99,6 +99,23 @@ impl Upstreams {
                 .iter()
                 .filter_map(|(h, p)| Some(SocketAddr::new(h.parse().ok()?, *p)))
                 .collect(),
+        }
+    }
+
+    /// An endpoint of `cluster` not ejected by outlier detection (all of them in panic), and
+    /// how many endpoints the cluster has.
+    pub fn pick(
+        &self,
+        config: &Config,
+        cluster: &Cluster,
+        original_dst: SocketAddr,
+    ) -> Option<(SocketAddr, usize)> {
+        let all = Self::endpoints(config, cluster, original_dst);
+        let size = all.len();
+        let candidates = if cluster.outlier.is_some() {
+            self.outliers.healthy(&cluster.name, all, Instant::now())
+        } else {
+            all
         };
         if candidates.is_empty() {
             return None;
@@ -113,22 +130,46 @@ impl Upstreams {
                 i
             }
         };
-        candidates.get(i).copied()
+        candidates.get(i).map(|a| (*a, size))
     }
 
     fn client(&self, cluster: &Cluster) -> Client<HttpConnector, Full<Bytes>> {
+        // Settings are part of the key: a changed cluster gets a pool of its own.
+        let key = format!(
+            "{}|{:?}|{:?}|{:?}",
+            cluster.name,
+            cluster.connect_timeout,
+            cluster.max_requests_per_connection,
+            cluster.idle_timeout
+        );
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients
-            .entry(cluster.name.clone())
+            .entry(key)
             .or_insert_with(|| {
                 let mut connector = HttpConnector::new();
                 connector.set_connect_timeout(Some(cluster.connect_timeout));
                 connector.set_nodelay(true);
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .build(connector)
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder.pool_idle_timeout(cluster.idle_timeout.unwrap_or(Duration::from_secs(60)));
+                if cluster.max_requests_per_connection == Some(1) {
+                    builder.pool_max_idle_per_host(0);
+                }
+                builder.build(connector)
             })
             .clone()
+    }
+
+    /// The cluster's circuit breaker (a new one when its thresholds change).
+    pub fn breaker(&self, cluster: &Cluster) -> Arc<Breaker> {
+        let mut breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        match breakers.get(&cluster.name) {
+            Some(b) if b.limits() == cluster.limits => b.clone(),
+            _ => {
+                let b = Arc::new(Breaker::new(cluster.limits));
+                breakers.insert(cluster.name.clone(), b.clone());
+                b
+            }
+        }
     }
 }
 
@@ -609,12 +650,30 @@ async fn forward_with_retries(
     entry: &mut HttpEntry,
 ) -> Response<Body> {
     let client = shared.upstreams.client(cluster);
+    let breaker = shared.upstreams.breaker(cluster);
     let retries = forward.retry.as_ref().map(|r| r.num_retries).unwrap_or(0);
     let mut tries = 0;
+    // Held while a retry is in flight (circuit breakers bound retries in flight).
+    let mut _retry: Option<RetryGuard> = None;
     loop {
+        let admitted = match breaker.admit().await {
+            Ok(a) => a,
+            Err(_) => {
+                shared.stats.upstream_overflow.inc();
+                let mut r = local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                );
+                r.headers_mut()
+                    .insert("x-envoy-overflow", HeaderValue::from_static("true"));
+                return r;
+            }
+        };
+        let mut picked = None;
         let outcome = match shared.upstreams.pick(config, cluster, local) {
             None => Attempt::NoEndpoint,
-            Some(addr) => {
+            Some((addr, size)) => {
+                picked = Some((addr, size));
                 entry.upstream_address = Some(addr);
                 let uri = format!("http://{addr}{path}");
                 match uri.parse::<hyper::Uri>() {
@@ -640,6 +699,28 @@ async fn forward_with_retries(
                 }
             }
         };
+        if let (Some(od), Some((addr, size))) = (&cluster.outlier, picked) {
+            let seen = match &outcome {
+                Attempt::Response(r) => Some(OutlierOutcome::Status(r.status().as_u16())),
+                Attempt::ConnectFailure | Attempt::Reset | Attempt::Timeout => {
+                    Some(OutlierOutcome::LocalFailure)
+                }
+                Attempt::NoEndpoint => None,
+            };
+            if let Some(seen) = seen
+                && shared.upstreams.outliers.record(
+                    &cluster.name,
+                    od,
+                    addr,
+                    seen,
+                    size,
+                    Instant::now(),
+                )
+            {
+                shared.stats.outlier_ejections.inc();
+                tracing::info!(cluster = %cluster.name, %addr, "endpoint ejected by outlier detection");
+            }
+        }
         let retry_policy = forward.retry.as_ref();
         let retryable = match (&outcome, retry_policy) {
             (_, None) | (Attempt::NoEndpoint, _) => false,
@@ -653,20 +734,32 @@ async fn forward_with_retries(
             (Attempt::Reset | Attempt::Timeout, Some(p)) => p.on_5xx || p.on_gateway_error,
         };
         if retryable && tries < retries {
-            tries += 1;
-            shared.stats.upstream_retries.inc();
-            let backoff = RETRY_BASE * (1 << tries.min(4));
-            tokio::time::sleep(
-                backoff / 2
-                    + Duration::from_millis(
-                        crate::random_u64() % (backoff.as_millis() as u64 / 2 + 1),
-                    ),
-            )
-            .await;
-            continue;
+            if let Some(guard) = breaker.retry() {
+                tries += 1;
+                _retry = Some(guard);
+                drop(admitted);
+                shared.stats.upstream_retries.inc();
+                let backoff = RETRY_BASE * (1 << tries.min(4));
+                tokio::time::sleep(
+                    backoff / 2
+                        + Duration::from_millis(
+                            crate::random_u64() % (backoff.as_millis() as u64 / 2 + 1),
+                        ),
+                )
+                .await;
+                continue;
+            }
+            shared.stats.upstream_retry_overflow.inc();
         }
         return match outcome {
-            Attempt::Response(r) => r.map(|b| b.boxed()),
+            // The connection stays taken until the response body is done.
+            Attempt::Response(r) => r.map(|b| {
+                b.map_frame(move |f| {
+                    let _held = &admitted;
+                    f
+                })
+                .boxed()
+            }),
             Attempt::NoEndpoint => {
                 local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
             }

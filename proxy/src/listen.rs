@@ -177,8 +177,14 @@ async fn serve(
                 tracing::debug!(cluster = %tcp.cluster, "tcp proxy: no such cluster");
                 return;
             };
-            let Some(upstream) = shared.upstreams.pick(&config, &cluster, dst) else {
+            let Some((upstream, _)) = shared.upstreams.pick(&config, &cluster, dst) else {
                 tracing::debug!(cluster = %tcp.cluster, "tcp proxy: no endpoint");
+                return;
+            };
+            // TCP connections do not wait: past max_connections they are closed (Envoy's
+            // upstream_cx_overflow).
+            let Some(_admitted) = shared.upstreams.breaker(&cluster).try_admit() else {
+                shared.stats.upstream_overflow.inc();
                 return;
             };
             let connect =

@@ -1081,6 +1081,152 @@ pub struct Cluster {
     pub hosts: Vec<(String, u16)>,
     /// The upstream speaks HTTP/2 (gRPC).
     pub http2: bool,
+    /// Circuit breaker thresholds (the default priority's).
+    pub limits: Limits,
+    pub outlier: Option<Outlier>,
+    /// Requests per upstream connection (1: never reused); None: unlimited.
+    pub max_requests_per_connection: Option<u32>,
+    /// How long an idle upstream connection is kept.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Circuit breaker thresholds, with Envoy's defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_pending_requests: usize,
+    pub max_requests: usize,
+    pub max_retries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
+}
+
+/// Outlier detection by consecutive errors, with Envoy's defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outlier {
+    /// Consecutive 5xx (locally originated failures included) before ejection.
+    pub consecutive_5xx: u32,
+    /// Percent chance an ejection by consecutive 5xx is enforced.
+    pub enforcing_5xx: u32,
+    /// Consecutive 502/503/504 (and local failures) before ejection.
+    pub consecutive_gateway: u32,
+    pub enforcing_gateway: u32,
+    pub base_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+}
+
+fn limits(c: &PbCluster) -> Result<Limits, Refused> {
+    use envoy_types::pb::envoy::config::core::v3::RoutingPriority;
+    let name = c.name.as_str();
+    let mut l = Limits::default();
+    let Some(cb) = &c.circuit_breakers else {
+        return Ok(l);
+    };
+    for (i, t) in cb.thresholds.iter().enumerate() {
+        let field = format!("circuit_breakers.thresholds[{i}]");
+        if RoutingPriority::try_from(t.priority) != Ok(RoutingPriority::Default) {
+            return Err(refuse(
+                name,
+                &format!("{field}.priority"),
+                "only the DEFAULT priority is supported",
+            ));
+        }
+        if t.retry_budget.is_some() {
+            return Err(unsupported(name, &format!("{field}.retry_budget")));
+        }
+        let n = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>, d: usize| {
+            v.as_ref()
+                .map_or(d, |v| usize::try_from(v.value).unwrap_or(usize::MAX))
+        };
+        l = Limits {
+            max_connections: n(&t.max_connections, l.max_connections),
+            max_pending_requests: n(&t.max_pending_requests, l.max_pending_requests),
+            max_requests: n(&t.max_requests, l.max_requests),
+            max_retries: n(&t.max_retries, l.max_retries),
+        };
+    }
+    if !cb.per_host_thresholds.is_empty() {
+        return Err(unsupported(name, "circuit_breakers.per_host_thresholds"));
+    }
+    Ok(l)
+}
+
+fn outlier(c: &PbCluster) -> Result<Option<Outlier>, Refused> {
+    let name = c.name.as_str();
+    let Some(od) = &c.outlier_detection else {
+        return Ok(None);
+    };
+    let v = |x: &Option<envoy_types::pb::google::protobuf::UInt32Value>, d: u32| {
+        x.as_ref().map_or(d, |x| x.value)
+    };
+    // What keel-proxy does not detect must not be asked for.
+    let unsupported_set = [
+        (
+            "success_rate_minimum_hosts",
+            od.success_rate_minimum_hosts.is_some(),
+        ),
+        (
+            "success_rate_request_volume",
+            od.success_rate_request_volume.is_some(),
+        ),
+        (
+            "success_rate_stdev_factor",
+            od.success_rate_stdev_factor.is_some(),
+        ),
+        (
+            "enforcing_success_rate",
+            od.enforcing_success_rate
+                .as_ref()
+                .is_some_and(|e| e.value > 0),
+        ),
+        (
+            "split_external_local_origin_errors",
+            od.split_external_local_origin_errors,
+        ),
+        (
+            "enforcing_failure_percentage",
+            od.enforcing_failure_percentage
+                .as_ref()
+                .is_some_and(|e| e.value > 0),
+        ),
+        (
+            "failure_percentage_threshold",
+            od.failure_percentage_threshold.is_some(),
+        ),
+        ("max_ejection_time", od.max_ejection_time.is_some()),
+    ];
+    if let Some((f, _)) = unsupported_set.iter().find(|(_, set)| *set) {
+        return Err(unsupported(name, &format!("outlier_detection.{f}")));
+    }
+    let pct = v(&od.max_ejection_percent, 10);
+    if pct > 100 {
+        return Err(refuse(
+            name,
+            "outlier_detection.max_ejection_percent",
+            "must be at most 100",
+        ));
+    }
+    Ok(Some(Outlier {
+        consecutive_5xx: v(&od.consecutive_5xx, 5),
+        enforcing_5xx: v(&od.enforcing_consecutive_5xx, 100),
+        consecutive_gateway: v(&od.consecutive_gateway_failure, 5),
+        enforcing_gateway: v(&od.enforcing_consecutive_gateway_failure, 0),
+        base_ejection_time: od
+            .base_ejection_time
+            .as_ref()
+            .map(duration)
+            .unwrap_or(Duration::from_secs(30)),
+        max_ejection_percent: pct,
+    }))
 }
 
 pub fn cluster(c: &PbCluster) -> Result<Cluster, Refused> {
@@ -1110,16 +1256,14 @@ pub fn cluster(c: &PbCluster) -> Result<Cluster, Refused> {
             ));
         }
     };
-    if c.circuit_breakers.is_some() {
-        return Err(unsupported(name, "circuit_breakers"));
-    }
-    if c.outlier_detection.is_some() {
-        return Err(unsupported(name, "outlier_detection"));
-    }
+    let limits = limits(c)?;
+    let outlier = outlier(c)?;
     if c.transport_socket.is_some() {
         return Err(unsupported(name, "transport_socket (TLS origination)"));
     }
     let mut http2 = false;
+    let mut max_requests_per_connection = None;
+    let mut idle_timeout = None;
     for (key, any) in &c.typed_extension_protocol_options {
         use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
         use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::UpstreamProtocolOptions;
@@ -1131,6 +1275,27 @@ pub fn cluster(c: &PbCluster) -> Result<Cluster, Refused> {
                 e.protocol_config,
                 Some(ProtocolConfig::Http2ProtocolOptions(_))
             );
+        }
+        if let Some(common) = &o.common_http_protocol_options {
+            max_requests_per_connection =
+                common.max_requests_per_connection.as_ref().map(|v| v.value);
+            if max_requests_per_connection.is_some_and(|n| n != 1) {
+                return Err(refuse(
+                    name,
+                    &format!("{field}.common_http_protocol_options.max_requests_per_connection"),
+                    "only 1 (no connection reuse) is supported yet",
+                ));
+            }
+            idle_timeout = common.idle_timeout.as_ref().map(duration);
+            if common.max_connection_duration.is_some()
+                || common.max_headers_count.is_some()
+                || common.max_stream_duration.is_some()
+            {
+                return Err(unsupported(
+                    name,
+                    &format!("{field}.common_http_protocol_options"),
+                ));
+            }
         }
     }
     let hosts = match &c.load_assignment {
@@ -1158,6 +1323,10 @@ pub fn cluster(c: &PbCluster) -> Result<Cluster, Refused> {
         balancer,
         hosts,
         http2,
+        limits,
+        outlier,
+        max_requests_per_connection,
+        idle_timeout,
     })
 }
 

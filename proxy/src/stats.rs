@@ -26,6 +26,9 @@ pub struct Stats {
     pub access_logs_dropped: Counter,
     pub tls_errors: Counter,
     pub unsupported_upstream: Counter,
+    pub upstream_overflow: Counter,
+    pub upstream_retry_overflow: Counter,
+    pub outlier_ejections: Counter,
     pub ext_authz_ok: Counter,
     pub ext_authz_denied: Counter,
     pub ext_authz_error: Counter,
@@ -69,6 +72,18 @@ impl Default for Stats {
             "cluster_upstream_rq_unsupported_protocol",
             "Requests refused because the upstream needs HTTP/2",
         );
+        let upstream_overflow = counter(
+            "cluster_upstream_rq_pending_overflow",
+            "Requests refused by a circuit breaker (503, x-envoy-overflow)",
+        );
+        let upstream_retry_overflow = counter(
+            "cluster_upstream_rq_retry_overflow",
+            "Retries not made because max_retries were in flight",
+        );
+        let outlier_ejections = counter(
+            "cluster_outlier_detection_ejections_enforced",
+            "Endpoints ejected by outlier detection",
+        );
         let ext_authz_ok = counter(
             "http_ext_authz_ok",
             "Requests the authorization service allowed",
@@ -100,6 +115,9 @@ impl Default for Stats {
             access_logs_dropped,
             tls_errors,
             unsupported_upstream,
+            upstream_overflow,
+            upstream_retry_overflow,
+            outlier_ejections,
             ext_authz_ok,
             ext_authz_denied,
             ext_authz_error,
@@ -124,5 +142,24 @@ impl Stats {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_registers_and_encodes_with_envoys_names() {
+        let s = Stats::default();
+        s.upstream_overflow.inc();
+        s.observe_response(503, "outbound|9080||ratings.default.svc.cluster.local");
+        let text = s.encode();
+        assert!(
+            text.contains("envoy_cluster_upstream_rq_pending_overflow_total 1"),
+            "{text}"
+        );
+        assert!(text.contains("envoy_cluster_outlier_detection_ejections_enforced_total 0"));
+        assert!(text.contains("envoy_response_code_class=\"5xx\""));
     }
 }

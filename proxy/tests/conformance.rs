@@ -1,6 +1,9 @@
 //! Conformance: one table of scenarios (VirtualService through pilot + request -> expected
 //! status, body marker, backend reached, timing), run against real Envoy and keel-proxy as
-//! gateways fed by the same galley and pilot. Every row must pass on both.
+//! gateways fed by the same galley and pilot. Every row must pass on both. Then, on both:
+//! outlier detection (a failing endpoint ejected after one error, later requests all to the
+//! healthy one), a circuit breaker (one connection, one pending, the third request refused
+//! at once with the overflow answer), and 50 route changes under load without a failure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
@@ -309,6 +312,18 @@ fn config(backend_port: u16, gateway_port: u16) -> String {
             s.name, s.name, s.routes
         ));
     }
+    // Outlier detection: a healthy and a failing endpoint behind one host, ejected after
+    // one error. Circuit breaker: the slow backend, one connection and one pending request.
+    docs.push(format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: pair, namespace: default}}\nspec:\n  hosts: [pair.backend]\n  location: MESH_INTERNAL\n  ports: [{{number: {backend_port}, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.31}}, {{address: 127.0.0.34}}]\n"
+    ));
+    docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: pair, namespace: default}\nspec:\n  host: pair.backend\n  trafficPolicy:\n    outlierDetection: {consecutiveErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}\n".to_owned());
+    docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: ejection, namespace: default}\nspec:\n  hosts: [ejection.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: pair.backend}}]\n".to_owned());
+    docs.push(format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: cb, namespace: default}}\nspec:\n  hosts: [cb.backend]\n  location: MESH_INTERNAL\n  ports: [{{number: {backend_port}, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.33}}]\n"
+    ));
+    docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: cb, namespace: default}\nspec:\n  host: cb.backend\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1}\n".to_owned());
+    docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: breaker, namespace: default}\nspec:\n  hosts: [breaker.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: cb.backend}}]\n".to_owned());
     docs.join("---\n")
 }
 
@@ -496,6 +511,55 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
         if status != 404 {
             failures.push(format!("{candidate} / no-route: status {status}, want 404"));
         }
+        // Outlier detection: after the failing endpoint's first error it is ejected, and
+        // every later request goes to the healthy one.
+        let before = fail_hits.load(Ordering::SeqCst);
+        let mut last = Vec::new();
+        for i in 0..20 {
+            let (status, _, body, _) = request(gateway_port, "ejection.test", "/", &[]);
+            if i >= 10 {
+                last.push((status, body.contains("backend=a")));
+            }
+        }
+        let hits = fail_hits.load(Ordering::SeqCst) - before;
+        if !(1..=2).contains(&hits) || last.iter().any(|(s, a)| *s != 200 || !a) {
+            failures.push(format!(
+                "{candidate} / ejection: the failing endpoint saw {hits} requests (want 1..=2); last ten {last:?}"
+            ));
+        }
+        // Circuit breaker: one connection busy (2 s), one request pending, the third is
+        // refused at once with Envoy's overflow answer.
+        let started = Instant::now();
+        let calls: Vec<_> = (0..3)
+            .map(|i| {
+                std::thread::sleep(Duration::from_millis(if i == 0 { 0 } else { 300 }));
+                std::thread::spawn(move || request(gateway_port, "breaker.test", "/", &[]))
+            })
+            .collect();
+        let results: Vec<(u16, String, Duration)> = calls
+            .into_iter()
+            .map(|c| {
+                let (status, _, body, took) = c.join().unwrap();
+                (status, body, took)
+            })
+            .collect();
+        let statuses: Vec<u16> = results.iter().map(|r| r.0).collect();
+        let overflow = &results[2];
+        if statuses != [200, 200, 503]
+            || !overflow.1.contains("reset reason: overflow")
+            || overflow.2 > Duration::from_millis(1500)
+            || results[1].2 < Duration::from_millis(3000)
+        {
+            failures.push(format!(
+                "{candidate} / circuit-breaker: {:?} after {:?}",
+                results
+                    .iter()
+                    .map(|(s, b, t)| (s, b.chars().take(80).collect::<String>(), t))
+                    .collect::<Vec<_>>(),
+                started.elapsed()
+            ));
+        }
+
         // Under continuous load, 50 route changes in a row fail no request.
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let loaders: Vec<_> = (0..4)

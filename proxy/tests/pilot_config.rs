@@ -167,15 +167,30 @@ fn every_walkthrough_config_converts_for_sidecars_and_the_gateway() {
 
 #[test]
 fn what_is_not_implemented_is_refused_with_the_field() {
-    let dr = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: ratings-cb}\nspec:\n  host: ratings\n  trafficPolicy:\n    outlierDetection: {consecutiveErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}\n";
-    let err = convert(&mesh(&[], dr), PRODUCTPAGE).unwrap_err();
-    assert!(
-        err.contains("ratings")
-            && err.contains("outlier_detection")
-            && err.contains("not supported"),
-        "{err}"
-    );
     let lb = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: ratings-lb}\nspec:\n  host: ratings\n  trafficPolicy: {loadBalancer: {simple: LEAST_CONN}}\n";
     let err = convert(&mesh(&[], lb), PRODUCTPAGE).unwrap_err();
     assert!(err.contains("lb_policy"), "{err}");
+    let reuse = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: ratings-reuse}\nspec:\n  host: ratings\n  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 5}}}\n";
+    let err = convert(&mesh(&[], reuse), PRODUCTPAGE).unwrap_err();
+    assert!(err.contains("max_requests_per_connection"), "{err}");
+}
+
+#[test]
+fn circuit_breakers_and_outlier_detection_convert_with_istios_numbers() {
+    let dr = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: ratings-cb}\nspec:\n  host: ratings\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}\n    outlierDetection: {consecutiveErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}\n";
+    let c = convert(&mesh(&[], dr), PRODUCTPAGE).unwrap();
+    let ratings = c
+        .clusters
+        .values()
+        .find(|c| c.name == "outbound|9080||ratings.default.svc.cluster.local")
+        .expect("the ratings cluster");
+    assert_eq!(ratings.limits.max_connections, 1);
+    assert_eq!(ratings.limits.max_pending_requests, 1);
+    assert_eq!(ratings.limits.max_requests, 1024, "Envoy's default");
+    assert_eq!(ratings.max_requests_per_connection, Some(1));
+    let od = ratings.outlier.expect("outlier detection");
+    assert_eq!(od.consecutive_5xx, 1);
+    assert_eq!(od.enforcing_5xx, 100);
+    assert_eq!(od.base_ejection_time, std::time::Duration::from_secs(180));
+    assert_eq!(od.max_ejection_percent, 100);
 }
