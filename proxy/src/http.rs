@@ -570,6 +570,11 @@ async fn route_request(
         parts.headers.insert(hyper::header::HOST, v);
     }
     let path = rewrite(&entry.path, route, forward);
+    for m in &forward.mirrors {
+        if hit(m.fraction) {
+            mirror(shared, config, m, &parts, &path, body.clone(), local);
+        }
+    }
     let attempt = forward_with_retries(
         shared, config, &cluster, forward, &parts, &path, body, local, entry,
     );
@@ -595,6 +600,59 @@ async fn route_request(
         }
     }
     response
+}
+
+/// `reviews:9080` -> `reviews-shadow:9080`, as Envoy names a mirrored request's host.
+pub fn shadow_host(host: &str) -> String {
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{name}-shadow:{port}")
+        }
+        _ => format!("{host}-shadow"),
+    }
+}
+
+/// Sends a copy of the request to a mirror cluster and forgets it: its answer is dropped and
+/// it never delays or fails the real request.
+fn mirror(
+    shared: &Shared,
+    config: &Config,
+    m: &crate::model::Mirror,
+    parts: &hyper::http::request::Parts,
+    path: &str,
+    body: Bytes,
+    local: SocketAddr,
+) {
+    let Some(cluster) = config.clusters.get(&m.cluster) else {
+        return;
+    };
+    let Some((addr, _)) = shared.upstreams.pick(config, cluster, local) else {
+        return;
+    };
+    let Ok(uri) = format!("http://{addr}{path}").parse::<hyper::Uri>() else {
+        return;
+    };
+    let mut up = Request::new(Full::new(body));
+    *up.method_mut() = parts.method.clone();
+    *up.uri_mut() = uri;
+    *up.headers_mut() = parts.headers.clone();
+    if m.shadow_suffix
+        && let Some(host) = parts
+            .headers
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+        && let Ok(v) = HeaderValue::from_str(&shadow_host(host))
+    {
+        up.headers_mut().insert(hyper::header::HOST, v);
+    }
+    let client = shared.upstreams.client(cluster);
+    let timeout = cluster.connect_timeout + Duration::from_secs(30);
+    tokio::spawn(async move {
+        if let Ok(Ok(r)) = tokio::time::timeout(timeout, client.request(up)).await {
+            // Read the answer so the connection can be reused.
+            let _ = r.into_body().collect().await;
+        }
+    });
 }
 
 fn rewrite(path: &str, route: &Route, forward: &Forward) -> String {
@@ -793,6 +851,13 @@ mod tests {
             domains: domains.iter().map(|d| (*d).to_owned()).collect(),
             routes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn mirrored_hosts_get_the_shadow_suffix_before_the_port() {
+        assert_eq!(shadow_host("reviews:9080"), "reviews-shadow:9080");
+        assert_eq!(shadow_host("mirror.test"), "mirror.test-shadow");
+        assert_eq!(shadow_host("[::1]:80"), "[::1]-shadow:80");
     }
 
     #[test]

@@ -714,6 +714,16 @@ pub struct Forward {
     pub retry: Option<Retry>,
     pub prefix_rewrite: Option<String>,
     pub host_rewrite: Option<String>,
+    /// Clusters that get a copy of a share of the requests (fire and forget).
+    pub mirrors: Vec<Mirror>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mirror {
+    pub cluster: String,
+    pub fraction: Fraction,
+    /// Envoy appends `-shadow` to the mirrored request's host unless told not to.
+    pub shadow_suffix: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -838,11 +848,34 @@ fn route(r: &PbRoute, resource: &str, field: &str) -> Result<Route, Refused> {
                     ));
                 }
             };
-            if !a.request_mirror_policies.is_empty() {
-                return Err(unsupported(
-                    resource,
-                    &format!("{field}.route.request_mirror_policies"),
-                ));
+            let mut mirrors = Vec::new();
+            for (i, m) in a.request_mirror_policies.iter().enumerate() {
+                let f = format!("{field}.route.request_mirror_policies[{i}]");
+                if m.cluster.is_empty() {
+                    return Err(refuse(
+                        resource,
+                        &f,
+                        "only a named cluster is supported (not cluster_header)",
+                    ));
+                }
+                if m.runtime_fraction
+                    .as_ref()
+                    .is_some_and(|r| !r.runtime_key.is_empty())
+                {
+                    return Err(unsupported(
+                        resource,
+                        &format!("{f}.runtime_fraction.runtime_key"),
+                    ));
+                }
+                mirrors.push(Mirror {
+                    cluster: m.cluster.clone(),
+                    fraction: Fraction::from_pb(
+                        m.runtime_fraction
+                            .as_ref()
+                            .and_then(|r| r.default_value.as_ref()),
+                    ),
+                    shadow_suffix: !m.disable_shadow_host_suffix_append,
+                });
             }
             if !a.hash_policy.is_empty() {
                 return Err(unsupported(resource, &format!("{field}.route.hash_policy")));
@@ -902,6 +935,7 @@ fn route(r: &PbRoute, resource: &str, field: &str) -> Result<Route, Refused> {
                 retry,
                 prefix_rewrite: Some(a.prefix_rewrite.clone()).filter(|p| !p.is_empty()),
                 host_rewrite,
+                mirrors,
             })
         }
         Some(Action::Redirect(rd)) => {

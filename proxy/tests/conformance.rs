@@ -1,7 +1,8 @@
 //! Conformance: one table of scenarios (VirtualService through pilot + request -> expected
 //! status, body marker, backend reached, timing), run against real Envoy and keel-proxy as
 //! gateways fed by the same galley and pilot. Every row must pass on both. Then, on both:
-//! outlier detection (a failing endpoint ejected after one error, later requests all to the
+//! mirroring (a copy to another backend, host suffixed `-shadow`), outlier detection (a
+//! failing endpoint ejected after one error, later requests all to the
 //! healthy one), a circuit breaker (one connection, one pending, the third request refused
 //! at once with the overflow answer), and 50 route changes under load without a failure.
 
@@ -319,6 +320,7 @@ fn config(backend_port: u16, gateway_port: u16) -> String {
     ));
     docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: pair, namespace: default}\nspec:\n  host: pair.backend\n  trafficPolicy:\n    outlierDetection: {consecutiveErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}\n".to_owned());
     docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: ejection, namespace: default}\nspec:\n  hosts: [ejection.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: pair.backend}}]\n".to_owned());
+    docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: mirror, namespace: default}\nspec:\n  hosts: [mirror.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: a.backend}}]\n    mirror: {host: b.backend}\n".to_owned());
     docs.push(format!(
         "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: cb, namespace: default}}\nspec:\n  hosts: [cb.backend]\n  location: MESH_INTERNAL\n  ports: [{{number: {backend_port}, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.33}}]\n"
     ));
@@ -362,16 +364,28 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
         .unwrap();
     let backend_port = free_port();
     let fail_hits = Arc::new(AtomicUsize::new(0));
+    // (backend, Host) of every request for /mirrored.
+    let mirrored: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
     rt.block_on(async {
         for (name, ip) in BACKEND_IPS {
             let l = tokio::net::TcpListener::bind((ip, backend_port))
                 .await
                 .unwrap();
             let hits = fail_hits.clone();
+            let mirrored = mirrored.clone();
             tokio::spawn(keel_samples::http::serve(
                 l,
                 Arc::new(move |req: hyper::Request<hyper::body::Incoming>| {
                     let hits = hits.clone();
+                    if req.uri().path() == "/mirrored" {
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        mirrored.lock().unwrap().push((name.to_owned(), host));
+                    }
                     let body = format!(
                         "backend={name} path={} x-added={}",
                         req.uri().path(),
@@ -511,6 +525,26 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
         if status != 404 {
             failures.push(format!("{candidate} / no-route: status {status}, want 404"));
         }
+        // Mirroring: the answer comes from the route's backend; the mirror gets a copy with
+        // `-shadow` appended to the host.
+        mirrored.lock().unwrap().clear();
+        let (status, _, body, _) = request(gateway_port, "mirror.test", "/mirrored", &[]);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while mirrored.lock().unwrap().len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut seen = mirrored.lock().unwrap().clone();
+        seen.sort();
+        let want = vec![
+            ("a".to_owned(), "mirror.test".to_owned()),
+            ("b".to_owned(), "mirror.test-shadow".to_owned()),
+        ];
+        if status != 200 || !body.contains("backend=a") || seen != want {
+            failures.push(format!(
+                "{candidate} / mirror: status {status}, body {body:?}, backends saw {seen:?}, want {want:?}"
+            ));
+        }
+
         // Outlier detection: after the failing endpoint's first error it is ejected, and
         // every later request goes to the healthy one.
         let before = fail_hits.load(Ordering::SeqCst);
