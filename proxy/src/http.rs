@@ -78,6 +78,27 @@ pub struct Upstreams {
     clients: Mutex<HashMap<String, Client<HttpConnector, Full<Bytes>>>>,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     pub outliers: Detector,
+    /// Requests in flight per (cluster, endpoint), for LEAST_REQUEST.
+    in_flight: Arc<Mutex<HashMap<(String, SocketAddr), usize>>>,
+}
+
+/// One request in flight to an endpoint (counted while held).
+#[derive(Debug)]
+pub struct InFlight {
+    key: (String, SocketAddr),
+    counts: Arc<Mutex<HashMap<(String, SocketAddr), usize>>>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Upstreams {
@@ -122,6 +143,22 @@ impl Upstreams {
         }
         let i = match cluster.balancer {
             Balancer::Random => (crate::random_u64() % candidates.len() as u64) as usize,
+            Balancer::LeastRequest => {
+                // Two draws with replacement, as Envoy's default choice_count of 2.
+                let n = candidates.len() as u64;
+                let (x, y) = (
+                    (crate::random_u64() % n) as usize,
+                    (crate::random_u64() % n) as usize,
+                );
+                let counts = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                let load = |i: usize| {
+                    counts
+                        .get(&(cluster.name.clone(), candidates[i]))
+                        .copied()
+                        .unwrap_or(0)
+                };
+                if load(y) < load(x) { y } else { x }
+            }
             Balancer::RoundRobin => {
                 let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
                 let n = next.entry(cluster.name.clone()).or_insert(0);
@@ -157,6 +194,21 @@ impl Upstreams {
                 builder.build(connector)
             })
             .clone()
+    }
+
+    /// Counts a request in flight to `addr` until the guard drops.
+    pub fn track(&self, cluster: &str, addr: SocketAddr) -> InFlight {
+        let key = (cluster.to_owned(), addr);
+        *self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_insert(0) += 1;
+        InFlight {
+            key,
+            counts: self.in_flight.clone(),
+        }
     }
 
     /// The cluster's circuit breaker (a new one when its thresholds change).
@@ -728,10 +780,12 @@ async fn forward_with_retries(
             }
         };
         let mut picked = None;
+        let mut in_flight = None;
         let outcome = match shared.upstreams.pick(config, cluster, local) {
             None => Attempt::NoEndpoint,
             Some((addr, size)) => {
                 picked = Some((addr, size));
+                in_flight = Some(shared.upstreams.track(&cluster.name, addr));
                 entry.upstream_address = Some(addr);
                 let uri = format!("http://{addr}{path}");
                 match uri.parse::<hyper::Uri>() {
@@ -813,7 +867,7 @@ async fn forward_with_retries(
             // The connection stays taken until the response body is done.
             Attempt::Response(r) => r.map(|b| {
                 b.map_frame(move |f| {
-                    let _held = &admitted;
+                    let _held = (&admitted, &in_flight);
                     f
                 })
                 .boxed()
@@ -851,6 +905,40 @@ mod tests {
             domains: domains.iter().map(|d| (*d).to_owned()).collect(),
             routes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_endpoint_unless_drawn_twice() {
+        let cluster = Cluster {
+            name: "lr".into(),
+            discovery: Discovery::Static,
+            eds_name: "lr".into(),
+            connect_timeout: Duration::from_secs(1),
+            balancer: Balancer::LeastRequest,
+            hosts: vec![("10.0.0.1".into(), 80), ("10.0.0.2".into(), 80)],
+            http2: false,
+            limits: crate::model::Limits::default(),
+            outlier: None,
+            max_requests_per_connection: None,
+            idle_timeout: None,
+        };
+        let up = Upstreams::default();
+        let config = Config::default();
+        let local: SocketAddr = "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!());
+        let busy: SocketAddr = "10.0.0.1:80".parse().unwrap_or_else(|_| unreachable!());
+        let _held = up.track("lr", busy);
+        let to_busy = (0..400)
+            .filter(|_| up.pick(&config, &cluster, local).map(|(a, _)| a) == Some(busy))
+            .count();
+        // Two draws with replacement: the busy endpoint wins only when drawn twice (1/4).
+        assert!((40..=160).contains(&to_busy), "{to_busy} of 400");
+        drop(_held);
+        assert!(
+            up.in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        );
     }
 
     #[test]

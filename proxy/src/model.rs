@@ -1101,6 +1101,9 @@ pub enum Discovery {
 pub enum Balancer {
     RoundRobin,
     Random,
+    /// Envoy's LEAST_REQUEST: of two endpoints drawn at random, the one with fewer
+    /// requests in flight.
+    LeastRequest,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -1279,6 +1282,12 @@ pub fn cluster(c: &PbCluster) -> Result<Cluster, Refused> {
     let balancer = match LbPolicy::try_from(c.lb_policy) {
         Ok(LbPolicy::RoundRobin) => Balancer::RoundRobin,
         Ok(LbPolicy::Random) => Balancer::Random,
+        Ok(LbPolicy::LeastRequest) => {
+            if c.lb_config.is_some() {
+                return Err(unsupported(name, "least_request_lb_config"));
+            }
+            Balancer::LeastRequest
+        }
         Ok(LbPolicy::ClusterProvided) if discovery == Discovery::OriginalDst => {
             Balancer::RoundRobin
         }
@@ -1286,7 +1295,7 @@ pub fn cluster(c: &PbCluster) -> Result<Cluster, Refused> {
             return Err(refuse(
                 name,
                 "lb_policy",
-                "only ROUND_ROBIN and RANDOM are supported yet",
+                "only ROUND_ROBIN, RANDOM and LEAST_REQUEST are supported yet",
             ));
         }
     };

@@ -167,9 +167,25 @@ fn every_walkthrough_config_converts_for_sidecars_and_the_gateway() {
 
 #[test]
 fn what_is_not_implemented_is_refused_with_the_field() {
+    let hash = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: ratings-hash}\nspec:\n  host: ratings\n  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}\n";
+    let err = convert(&mesh(&[], hash), PRODUCTPAGE).unwrap_err();
+    assert!(
+        err.contains("lb_policy") || err.contains("hash_policy"),
+        "{err}"
+    );
     let lb = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: ratings-lb}\nspec:\n  host: ratings\n  trafficPolicy: {loadBalancer: {simple: LEAST_CONN}}\n";
-    let err = convert(&mesh(&[], lb), PRODUCTPAGE).unwrap_err();
-    assert!(err.contains("lb_policy"), "{err}");
+    let c = convert(&mesh(&[], lb), PRODUCTPAGE).unwrap();
+    let ratings: Vec<_> = c
+        .clusters
+        .values()
+        .filter(|c| c.name.ends_with("ratings.default.svc.cluster.local"))
+        .collect();
+    assert!(!ratings.is_empty());
+    assert!(
+        ratings
+            .iter()
+            .all(|c| c.balancer == model::Balancer::LeastRequest)
+    );
     let reuse = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: ratings-reuse}\nspec:\n  host: ratings\n  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 5}}}\n";
     let err = convert(&mesh(&[], reuse), PRODUCTPAGE).unwrap_err();
     assert!(err.contains("max_requests_per_connection"), "{err}");
