@@ -1,5 +1,7 @@
-//! The admin API (loopback 15000) and the stats listener (15090): `/ready`, `/config_dump`
-//! in Envoy's shape (what `keelctl proxy-config` reads), `/clusters`, `/stats/prometheus`.
+//! The admin API (loopback 15000), the stats listener (15090) and the readiness port (15021,
+//! `/healthz/ready`, ready once the first configuration is applied): `/ready`,
+//! `/config_dump` in Envoy's shape (what `keelctl proxy-config` reads), `/clusters`,
+//! `/stats/prometheus`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,16 +16,36 @@ use serde_json::{Value, json};
 use crate::model::{Config, Discovery, NetworkFilter, PathMatch, RouteAction};
 use crate::{ProxyError, Shared};
 
-pub async fn start(shared: Arc<Shared>) -> Result<Vec<tokio::task::JoinHandle<()>>, ProxyError> {
+/// Which of the proxy's own HTTP surfaces a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Surface {
+    Admin,
+    Stats,
+    Readiness,
+}
+
+pub async fn start(
+    shared: Arc<Shared>,
+    readiness: Option<SocketAddr>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, ProxyError> {
     let mut tasks = Vec::new();
-    let mut addrs = vec![(shared.bootstrap.admin, "admin API", true)];
+    let mut addrs = vec![(shared.bootstrap.admin, "admin API", Surface::Admin)];
     if let Some(s) = shared.bootstrap.stats {
-        addrs.push((s, "stats listener", false));
+        addrs.push((s, "stats listener", Surface::Stats));
+    }
+    if let Some(r) = readiness {
+        addrs.push((r, "readiness port", Surface::Readiness));
     }
     for (addr, what, full) in addrs {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ProxyError::Bind { addr, what, source })?;
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            // Probes are the kubelet's business; the proxy itself works without them.
+            Err(e) if full == Surface::Readiness => {
+                tracing::warn!(%addr, error = %e, "no readiness port");
+                continue;
+            }
+            Err(source) => return Err(ProxyError::Bind { addr, what, source }),
+        };
         let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
             loop {
@@ -57,9 +79,30 @@ pub async fn start(shared: Arc<Shared>) -> Result<Vec<tokio::task::JoinHandle<()
     Ok(tasks)
 }
 
-fn answer(shared: &Shared, path: &str, full: bool) -> (u16, &'static str, String) {
+fn answer(shared: &Shared, path: &str, surface: Surface) -> (u16, &'static str, String) {
     let text = "text/plain; charset=utf-8";
+    let full = surface == Surface::Admin;
     match (path, full) {
+        ("/healthz/ready", _) if surface == Surface::Readiness => {
+            if shared.xds.borrow().synced {
+                (200, text, String::new())
+            } else {
+                (
+                    503,
+                    text,
+                    "waiting for the first configuration
+"
+                    .into(),
+                )
+            }
+        }
+        (_, _) if surface == Surface::Readiness => (
+            404,
+            text,
+            "not found
+"
+            .into(),
+        ),
         ("/stats/prometheus", _) => (200, "text/plain; version=0.0.4", shared.stats.encode()),
         ("/ready", true) => {
             // Ready once the control plane has sent every type at least once.

@@ -43,6 +43,10 @@ pub struct Args {
     /// On SIGTERM, how long requests in flight may take to finish (seconds).
     #[arg(long, default_value_t = 5)]
     pub drain_time_s: u64,
+    /// The readiness port (`/healthz/ready`, 200 once the first configuration is applied);
+    /// 0 turns it off.
+    #[arg(long, default_value_t = 15021)]
+    pub readiness_port: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +98,9 @@ pub async fn run(args: Args) -> Result<(), ProxyError> {
         acceptors: tls::Acceptors::default(),
         stats: stats::Stats::default(),
     });
-    let admin = admin::start(shared.clone()).await?;
+    let readiness = (args.readiness_port != 0)
+        .then(|| std::net::SocketAddr::from(([0, 0, 0, 0], args.readiness_port)));
+    let admin = admin::start(shared.clone(), readiness).await?;
     let listeners = tokio::spawn(listen::manage(shared.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| ProxyError::Bind {

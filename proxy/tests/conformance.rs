@@ -448,6 +448,7 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
         .unwrap();
 
     let mut failures = Vec::new();
+    let readiness_port = free_port();
     for candidate in ["envoy", "keel-proxy"] {
         let admin = free_port();
         let boot = bootstrap(&dir, pilot.grpc_addr, admin);
@@ -466,7 +467,10 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
             }
             _ => {
                 let mut c = Command::new(env!("CARGO_BIN_EXE_keel-proxy"));
-                c.arg("--bootstrap").arg(&boot);
+                c.arg("--bootstrap")
+                    .arg(&boot)
+                    .arg("--readiness-port")
+                    .arg(readiness_port.to_string());
                 c
             }
         };
@@ -518,6 +522,13 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
             }
             if !wrong.is_empty() {
                 failures.push(format!("{candidate} / {}: {}", s.name, wrong.join("; ")));
+            }
+        }
+        // keel-proxy's readiness port answers once the configuration is in.
+        if candidate == "keel-proxy" {
+            let (status, ..) = request(readiness_port, "probe", "/healthz/ready", &[]);
+            if status != 200 {
+                failures.push(format!("keel-proxy / readiness: status {status}, want 200"));
             }
         }
         // Unknown host: no virtual host matches.
