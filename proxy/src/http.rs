@@ -457,7 +457,17 @@ async fn handle(
             match authorize(&shared, &config, &hcm, route, &mut parts, peer, local).await {
                 Some(denied) => denied,
                 None => {
-                    route_request(&shared, &config, route, parts, body, local, &mut entry).await
+                    let cors = route
+                        .cors
+                        .as_ref()
+                        .and_then(|c| Some((c, allowed_origin(c, &parts.headers)?)));
+                    let mut r =
+                        route_request(&shared, &config, route, parts, body, local, &mut entry)
+                            .await;
+                    if let Some((policy, origin)) = cors {
+                        add_cors_headers(r.headers_mut(), policy, &origin, false);
+                    }
+                    r
                 }
             }
         }
@@ -566,6 +576,16 @@ async fn route_request(
             return local_reply(status, "fault filter abort");
         }
     }
+    // CORS preflights the policy allows are answered here (Envoy's cors filter).
+    if let Some(policy) = &route.cors
+        && parts.method == hyper::Method::OPTIONS
+        && parts.headers.contains_key("access-control-request-method")
+        && let Some(origin) = allowed_origin(policy, &parts.headers)
+    {
+        let mut r = Response::new(full(Bytes::new()));
+        add_cors_headers(r.headers_mut(), policy, &origin, true);
+        return r;
+    }
     let forward = match &route.action {
         RouteAction::Direct { status, body } => {
             let mut r = Response::new(full(body.clone()));
@@ -652,6 +672,39 @@ async fn route_request(
         }
     }
     response
+}
+
+/// The request's Origin, when the policy allows it.
+fn allowed_origin(policy: &crate::model::Cors, headers: &HeaderMap) -> Option<String> {
+    let origin = headers.get(hyper::header::ORIGIN)?.to_str().ok()?;
+    policy
+        .origins
+        .iter()
+        .any(|m| m.matches(origin))
+        .then(|| origin.to_owned())
+}
+
+/// The CORS response headers for an allowed origin; a preflight also gets the methods,
+/// headers and max age.
+fn add_cors_headers(h: &mut HeaderMap, policy: &crate::model::Cors, origin: &str, preflight: bool) {
+    let mut set = |name: &'static str, value: &str| {
+        if !value.is_empty()
+            && let Ok(v) = HeaderValue::from_str(value)
+        {
+            h.insert(name, v);
+        }
+    };
+    set("access-control-allow-origin", origin);
+    if policy.allow_credentials {
+        set("access-control-allow-credentials", "true");
+    }
+    if preflight {
+        set("access-control-allow-methods", &policy.allow_methods);
+        set("access-control-allow-headers", &policy.allow_headers);
+        set("access-control-max-age", &policy.max_age);
+    } else {
+        set("access-control-expose-headers", &policy.expose_headers);
+    }
 }
 
 /// `reviews:9080` -> `reviews-shadow:9080`, as Envoy names a mirrored request's host.
@@ -990,6 +1043,7 @@ mod tests {
             },
             fault: None,
             ext_authz: RouteAuthz::Check,
+            cors: None,
             request_headers_to_add: vec![],
             request_headers_to_remove: vec![],
             response_headers_to_add: vec![],

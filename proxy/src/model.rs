@@ -36,6 +36,7 @@ use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay:
 use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
     ExtAuthz as PbExtAuthz, ExtAuthzPerRoute, ext_authz, ext_authz_per_route,
 };
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy as PbCorsPolicy;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
@@ -574,6 +575,7 @@ pub struct Route {
     pub action: RouteAction,
     pub fault: Option<Fault>,
     pub ext_authz: RouteAuthz,
+    pub cors: Option<Cors>,
     pub request_headers_to_add: Vec<(String, String)>,
     pub request_headers_to_remove: Vec<String>,
     pub response_headers_to_add: Vec<(String, String)>,
@@ -724,6 +726,49 @@ pub struct Mirror {
     pub fraction: Fraction,
     /// Envoy appends `-shadow` to the mirrored request's host unless told not to.
     pub shadow_suffix: bool,
+}
+
+/// A route's CORS policy (Envoy's cors filter, per route).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cors {
+    pub origins: Vec<Matcher>,
+    pub allow_methods: String,
+    pub allow_headers: String,
+    pub expose_headers: String,
+    pub max_age: String,
+    pub allow_credentials: bool,
+}
+
+fn cors(c: &PbCorsPolicy, resource: &str, field: &str) -> Result<Cors, Refused> {
+    if c.filter_enabled.is_some() || c.shadow_enabled.is_some() {
+        return Err(unsupported(resource, &format!("{field}.filter_enabled")));
+    }
+    if c.allow_private_network_access.is_some() || c.forward_not_matching_preflights.is_some() {
+        return Err(unsupported(
+            resource,
+            &format!("{field}.forward_not_matching_preflights"),
+        ));
+    }
+    let origins = c
+        .allow_origin_string_match
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            string_matcher(
+                m,
+                resource,
+                &format!("{field}.allow_origin_string_match[{i}]"),
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Cors {
+        origins,
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age: c.max_age.clone(),
+        allow_credentials: c.allow_credentials.as_ref().is_some_and(|b| b.value),
+    })
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -991,6 +1036,7 @@ fn route(r: &PbRoute, resource: &str, field: &str) -> Result<Route, Refused> {
         _ => return Err(unsupported(resource, &format!("{field}.action"))),
     };
     let mut fault_cfg = None;
+    let mut cors_cfg = None;
     let mut authz = RouteAuthz::Check;
     for (name, any) in &r.typed_per_filter_config {
         match name.as_str() {
@@ -1015,6 +1061,14 @@ fn route(r: &PbRoute, resource: &str, field: &str) -> Result<Route, Refused> {
                         RouteAuthz::CheckWith(ext)
                     }
                 };
+            }
+            CORS_FILTER => {
+                let f = format!("{field}.typed_per_filter_config[{CORS_FILTER}]");
+                cors_cfg = Some(cors(
+                    &decode::<PbCorsPolicy>(any, resource, &f)?,
+                    resource,
+                    &f,
+                )?);
             }
             FAULT_FILTER => {
                 fault_cfg = Some(fault(
@@ -1042,6 +1096,7 @@ fn route(r: &PbRoute, resource: &str, field: &str) -> Result<Route, Refused> {
         action,
         fault: fault_cfg,
         ext_authz: authz,
+        cors: cors_cfg,
         request_headers_to_add: headers_to_add(&r.request_headers_to_add),
         request_headers_to_remove: r
             .request_headers_to_remove

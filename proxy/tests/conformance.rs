@@ -1,7 +1,8 @@
 //! Conformance: one table of scenarios (VirtualService through pilot + request -> expected
 //! status, body marker, backend reached, timing), run against real Envoy and keel-proxy as
 //! gateways fed by the same galley and pilot. Every row must pass on both. Then, on both:
-//! mirroring (a copy to another backend, host suffixed `-shadow`), outlier detection (a
+//! CORS (preflight, simple request, other origin), mirroring (a copy to another backend,
+//! host suffixed `-shadow`), outlier detection (a
 //! failing endpoint ejected after one error, later requests all to the
 //! healthy one), a circuit breaker (one connection, one pending, the third request refused
 //! at once with the overflow answer), and 50 route changes under load without a failure.
@@ -48,8 +49,33 @@ impl Drop for Proc {
     }
 }
 
-/// A request through the gateway: status, Location, body, time taken.
+/// A GET through the gateway: status, Location, body, time taken.
 fn request(
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String, Duration) {
+    let (status, head, body, took) = request_with("GET", port, host, path, headers);
+    let location = header_of(&head, "location");
+    (status, location, body, took)
+}
+
+/// A response header's value from a response head ("" when absent).
+fn header_of(head: &str, name: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// Any method: status, the response head, body, time taken.
+fn request_with(
+    method: &str,
     port: u16,
     host: &str,
     path: &str,
@@ -58,7 +84,7 @@ fn request(
     let t = Instant::now();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -94,15 +120,7 @@ fn request(
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let location = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("location:")
-                .map(|v| v.trim().to_owned())
-        })
-        .unwrap_or_default();
-    (status, location, body.to_owned(), t.elapsed())
+    (status, head.to_owned(), body.to_owned(), t.elapsed())
 }
 
 const BACKEND_IPS: [(&str, &str); 4] = [
@@ -320,6 +338,7 @@ fn config(backend_port: u16, gateway_port: u16) -> String {
     ));
     docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: pair, namespace: default}\nspec:\n  host: pair.backend\n  trafficPolicy:\n    outlierDetection: {consecutiveErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}\n".to_owned());
     docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: ejection, namespace: default}\nspec:\n  hosts: [ejection.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: pair.backend}}]\n".to_owned());
+    docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: cors, namespace: default}\nspec:\n  hosts: [cors.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: a.backend}}]\n    corsPolicy:\n      allowOrigin: [https://example.com]\n      allowMethods: [GET, POST]\n      allowHeaders: [x-custom]\n      exposeHeaders: [x-exposed]\n      maxAge: 24h\n      allowCredentials: true\n".to_owned());
     docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: mirror, namespace: default}\nspec:\n  hosts: [mirror.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: a.backend}}]\n    mirror: {host: b.backend}\n".to_owned());
     docs.push(format!(
         "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: cb, namespace: default}}\nspec:\n  hosts: [cb.backend]\n  location: MESH_INTERNAL\n  ports: [{{number: {backend_port}, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.33}}]\n"
@@ -536,6 +555,63 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
         if status != 404 {
             failures.push(format!("{candidate} / no-route: status {status}, want 404"));
         }
+        // CORS: an allowed preflight is answered by the proxy; an allowed simple request
+        // gets the allow-origin and expose headers; another origin gets none.
+        let origin = [("Origin", "https://example.com")];
+        let (status, head, ..) = request_with(
+            "OPTIONS",
+            gateway_port,
+            "cors.test",
+            "/",
+            &[
+                ("Origin", "https://example.com"),
+                ("Access-Control-Request-Method", "POST"),
+            ],
+        );
+        let got = [
+            "access-control-allow-origin",
+            "access-control-allow-methods",
+            "access-control-allow-headers",
+            "access-control-max-age",
+            "access-control-allow-credentials",
+        ]
+        .map(|h| header_of(&head, h));
+        if status != 200
+            || got
+                != [
+                    "https://example.com",
+                    "GET,POST",
+                    "x-custom",
+                    "86400",
+                    "true",
+                ]
+        {
+            failures.push(format!("{candidate} / cors-preflight: {status} {got:?}"));
+        }
+        let (status, head, body, _) = request_with("GET", gateway_port, "cors.test", "/", &origin);
+        let got = [
+            header_of(&head, "access-control-allow-origin"),
+            header_of(&head, "access-control-expose-headers"),
+        ];
+        if status != 200
+            || !body.contains("backend=a")
+            || got != ["https://example.com", "x-exposed"]
+        {
+            failures.push(format!("{candidate} / cors-simple: {status} {got:?}"));
+        }
+        let (status, head, ..) = request_with(
+            "GET",
+            gateway_port,
+            "cors.test",
+            "/",
+            &[("Origin", "https://evil.example")],
+        );
+        if status != 200 || !header_of(&head, "access-control-allow-origin").is_empty() {
+            failures.push(format!(
+                "{candidate} / cors-other-origin: {status} {head:?}"
+            ));
+        }
+
         // Mirroring: the answer comes from the route's backend; the mirror gets a copy with
         // `-shadow` appended to the host.
         mirrored.lock().unwrap().clear();
