@@ -593,7 +593,9 @@ fn https_gateway_servers_terminate_tls_with_their_certificate_files() {
         panic!("no TLS config")
     };
     let ctx = DownstreamTlsContext::decode(any.value.as_slice()).unwrap();
-    let cert = &ctx.common_tls_context.unwrap().tls_certificates[0];
+    let common = ctx.common_tls_context.unwrap();
+    assert_eq!(common.alpn_protocols, ["h2", "http/1.1"]);
+    let cert = &common.tls_certificates[0];
     let file = |d: &Option<envoy_types::pb::envoy::config::core::v3::DataSource>| match d
         .as_ref()
         .and_then(|d| d.specifier.clone())

@@ -173,8 +173,9 @@ impl Upstreams {
     fn client(&self, cluster: &Cluster) -> Client<HttpConnector, Full<Bytes>> {
         // Settings are part of the key: a changed cluster gets a pool of its own.
         let key = format!(
-            "{}|{:?}|{:?}|{:?}",
+            "{}|{}|{:?}|{:?}|{:?}",
             cluster.name,
+            cluster.http2,
             cluster.connect_timeout,
             cluster.max_requests_per_connection,
             cluster.idle_timeout
@@ -188,6 +189,8 @@ impl Upstreams {
                 connector.set_nodelay(true);
                 let mut builder = Client::builder(TokioExecutor::new());
                 builder.pool_idle_timeout(cluster.idle_timeout.unwrap_or(Duration::from_secs(60)));
+                // Clusters with HTTP/2 protocol options (gRPC services) speak h2c upstream.
+                builder.http2_only(cluster.http2);
                 if cluster.max_requests_per_connection == Some(1) {
                     builder.pool_max_idle_per_host(0);
                 }
@@ -240,9 +243,10 @@ pub async fn serve_connection<S>(
         let hcm = hcm.clone();
         async move { Ok::<_, Infallible>(handle(shared, hcm, req, peer, local).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
+    // HTTP/1.1, or HTTP/2 when the connection starts with its preface (h2c prior knowledge,
+    // or h2 negotiated by ALPN on TLS listeners), as Envoy's codec_type AUTO.
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "downstream connection ended with an error");
     }
@@ -407,6 +411,12 @@ async fn handle(
         .map(str::to_owned)
         .or_else(|| parts.uri.authority().map(|a| a.to_string()))
         .unwrap_or_default();
+    // HTTP/2 carries the host as :authority; an HTTP/1.1 upstream needs it as Host.
+    if !parts.headers.contains_key(hyper::header::HOST)
+        && let Ok(v) = HeaderValue::from_str(&host)
+    {
+        parts.headers.insert(hyper::header::HOST, v);
+    }
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -610,23 +620,24 @@ async fn route_request(
     let Some(cluster) = config.clusters.get(&cluster_name).cloned() else {
         return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
     };
-    if cluster.http2 {
-        // The cluster is accepted for gRPC access logs (tonic speaks HTTP/2 there), but this
-        // data path only speaks HTTP/1.1 upstream: say so instead of sending the wrong protocol.
-        shared.stats.unsupported_upstream.inc();
-        tracing::warn!(cluster = %cluster.name, "HTTP/2 upstreams are not supported by keel-proxy yet");
-        return local_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream requires HTTP/2, which keel-proxy does not speak yet",
-        );
-    }
     let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
     };
     entry.request_bytes = body.len() as u64;
+    // `te: trailers` is end-to-end in practice: gRPC needs it to reach the server.
+    let te_trailers = parts
+        .headers
+        .get("te")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("trailers"));
     for h in HOP_BY_HOP {
         parts.headers.remove(h);
+    }
+    if te_trailers {
+        parts
+            .headers
+            .insert("te", HeaderValue::from_static("trailers"));
     }
     for h in &route.request_headers_to_remove {
         parts.headers.remove(h.as_str());

@@ -25,7 +25,6 @@ pub struct Stats {
     pub listener_errors: Counter,
     pub access_logs_dropped: Counter,
     pub tls_errors: Counter,
-    pub unsupported_upstream: Counter,
     pub upstream_overflow: Counter,
     pub upstream_retry_overflow: Counter,
     pub outlier_ejections: Counter,
@@ -67,10 +66,6 @@ impl Default for Stats {
         let tls_errors = counter(
             "listener_ssl_errors",
             "TLS handshakes or certificates that failed",
-        );
-        let unsupported_upstream = counter(
-            "cluster_upstream_rq_unsupported_protocol",
-            "Requests refused because the upstream needs HTTP/2",
         );
         let upstream_overflow = counter(
             "cluster_upstream_rq_pending_overflow",
@@ -114,7 +109,6 @@ impl Default for Stats {
             listener_errors,
             access_logs_dropped,
             tls_errors,
-            unsupported_upstream,
             upstream_overflow,
             upstream_retry_overflow,
             outlier_ejections,

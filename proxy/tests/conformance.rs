@@ -1,7 +1,8 @@
 //! Conformance: one table of scenarios (VirtualService through pilot + request -> expected
 //! status, body marker, backend reached, timing), run against real Envoy and keel-proxy as
 //! gateways fed by the same galley and pilot. Every row must pass on both. Then, on both:
-//! CORS (preflight, simple request, other origin), mirroring (a copy to another backend,
+//! HTTP/2 (h2c downstream; gRPC through an HTTP/2 cluster, statuses in trailers), CORS
+//! (preflight, simple request, other origin), mirroring (a copy to another backend,
 //! host suffixed `-shadow`), outlier detection (a
 //! failing endpoint ejected after one error, later requests all to the
 //! healthy one), a circuit breaker (one connection, one pending, the third request refused
@@ -121,6 +122,90 @@ fn request_with(
         .unwrap_or(0);
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     (status, head.to_owned(), body.to_owned(), t.elapsed())
+}
+
+/// The gRPC backend: an authorization service that allows everything and says who it is.
+struct GrpcBackend;
+
+#[tonic::async_trait]
+impl envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization
+    for GrpcBackend
+{
+    async fn check(
+        &self,
+        request: tonic::Request<envoy_types::pb::envoy::service::auth::v3::CheckRequest>,
+    ) -> Result<
+        tonic::Response<envoy_types::pb::envoy::service::auth::v3::CheckResponse>,
+        tonic::Status,
+    > {
+        let path = request
+            .into_inner()
+            .attributes
+            .and_then(|a| a.request?.http.map(|h| h.path))
+            .unwrap_or_default();
+        if path == "/deny" {
+            return Err(tonic::Status::permission_denied("grpc backend says no"));
+        }
+        Ok(tonic::Response::new(
+            envoy_types::pb::envoy::service::auth::v3::CheckResponse {
+                status: Some(envoy_types::pb::google::rpc::Status {
+                    code: 0,
+                    message: format!("grpc backend saw {path}"),
+                    details: Vec::new(),
+                }),
+                ..Default::default()
+            },
+        ))
+    }
+}
+
+/// A unary call through the gateway as `authority`: the answer's message, or the status.
+async fn grpc_call(port: u16, authority: &str, path: &str) -> Result<String, tonic::Status> {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .origin(format!("http://{authority}").parse().unwrap())
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let req = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    path: path.to_owned(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let r = AuthorizationClient::new(channel).check(req).await?;
+    Ok(r.into_inner().status.map(|s| s.message).unwrap_or_default())
+}
+
+/// A GET over HTTP/2 with prior knowledge (h2c): status and body.
+async fn h2c_get(port: u16, authority: &str, path: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(format!("http://{authority}{path}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 const BACKEND_IPS: [(&str, &str); 4] = [
@@ -315,7 +400,7 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-fn config(backend_port: u16, gateway_port: u16) -> String {
+fn config(backend_port: u16, gateway_port: u16, grpc_port: u16) -> String {
     let mut docs = vec![
         format!("apiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {{name: gw, namespace: istio-system}}\nspec:\n  selector: {{istio: conformance}}\n  servers: [{{port: {{number: {gateway_port}, name: http, protocol: HTTP}}, hosts: ['*']}}]\n"),
         "apiVersion: v1\nkind: Pod\nmetadata: {name: gw, namespace: istio-system, labels: {istio: conformance}}\nspec: {containers: [{name: p, image: x}]}\nstatus: {phase: Running, podIP: 127.0.0.1}\n".to_owned(),
@@ -338,6 +423,11 @@ fn config(backend_port: u16, gateway_port: u16) -> String {
     ));
     docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: pair, namespace: default}\nspec:\n  host: pair.backend\n  trafficPolicy:\n    outlierDetection: {consecutiveErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}\n".to_owned());
     docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: ejection, namespace: default}\nspec:\n  hosts: [ejection.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: pair.backend}}]\n".to_owned());
+    // gRPC: a GRPC port makes the cluster speak HTTP/2 upstream.
+    docs.push(format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: grpc, namespace: default}}\nspec:\n  hosts: [grpc.backend]\n  location: MESH_INTERNAL\n  ports: [{{number: {grpc_port}, name: grpc, protocol: GRPC}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.36}}]\n"
+    ));
+    docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: grpc, namespace: default}\nspec:\n  hosts: [grpc.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: grpc.backend}}]\n".to_owned());
     docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: cors, namespace: default}\nspec:\n  hosts: [cors.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: a.backend}}]\n    corsPolicy:\n      allowOrigin: [https://example.com]\n      allowMethods: [GET, POST]\n      allowHeaders: [x-custom]\n      exposeHeaders: [x-exposed]\n      maxAge: 24h\n      allowCredentials: true\n".to_owned());
     docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: mirror, namespace: default}\nspec:\n  hosts: [mirror.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: a.backend}}]\n    mirror: {host: b.backend}\n".to_owned());
     docs.push(format!(
@@ -431,6 +521,21 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
             ));
         }
     });
+    let grpc_port = free_port();
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind(("127.0.0.36", grpc_port))
+            .await
+            .unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(
+                        GrpcBackend,
+                    ),
+                )
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        );
+    });
     let galley = rt
         .block_on(keel_galley::start(&keel_galley::Args {
             config_dir: dir.join("config"),
@@ -448,7 +553,7 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
         .apply(
             &[keel_galley::core::Source {
                 name: "conformance.yaml".into(),
-                text: config(backend_port, gateway_port),
+                text: config(backend_port, gateway_port, grpc_port),
             }],
             "default",
             false,
@@ -555,6 +660,23 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
         if status != 404 {
             failures.push(format!("{candidate} / no-route: status {status}, want 404"));
         }
+        // HTTP/2: h2c with prior knowledge downstream, to an HTTP/1.1 backend.
+        let (status, body) = rt.block_on(h2c_get(gateway_port, "prefix.test", "/h2"));
+        if status != 200 || !body.contains("backend=a path=/h2") {
+            failures.push(format!("{candidate} / h2c: {status} {body:?}"));
+        }
+        // gRPC end to end: HTTP/2 both ways, the answer and a non-OK status (trailers) intact.
+        match rt.block_on(grpc_call(gateway_port, "grpc.test", "/allow")) {
+            Ok(m) if m == "grpc backend saw /allow" => {}
+            other => failures.push(format!("{candidate} / grpc: {other:?}")),
+        }
+        match rt.block_on(grpc_call(gateway_port, "grpc.test", "/deny")) {
+            Err(s)
+                if s.code() == tonic::Code::PermissionDenied
+                    && s.message() == "grpc backend says no" => {}
+            other => failures.push(format!("{candidate} / grpc-status: {other:?}")),
+        }
+
         // CORS: an allowed preflight is answered by the proxy; an allowed simple request
         // gets the allow-origin and expose headers; another origin gets none.
         let origin = [("Origin", "https://example.com")];
@@ -766,7 +888,7 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
             .apply(
                 &[keel_galley::core::Source {
                     name: "weights.yaml".into(),
-                    text: config(backend_port, gateway_port),
+                    text: config(backend_port, gateway_port, grpc_port),
                 }],
                 "default",
                 false,

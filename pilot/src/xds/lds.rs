@@ -479,7 +479,8 @@ fn server_tls(tls: &ServerTlsSettings) -> TransportSocket {
                 private_key: file(&tls.private_key),
                 ..Default::default()
             }],
-            alpn_protocols: vec!["http/1.1".into()],
+            // Istio's gateways offer HTTP/2 first, then HTTP/1.1.
+            alpn_protocols: vec!["h2".into(), "http/1.1".into()],
             ..Default::default()
         }),
         ..Default::default()
