@@ -80,7 +80,11 @@ pub struct Upstreams {
     pub outliers: Detector,
     /// Requests in flight per (cluster, endpoint), for LEAST_REQUEST.
     in_flight: Arc<Mutex<HashMap<(String, SocketAddr), usize>>>,
+    /// RING_HASH rings by cluster, with the endpoints they were built from.
+    rings: Mutex<HashMap<String, RingEntry>>,
 }
+
+type RingEntry = (Vec<SocketAddr>, Arc<Vec<(u64, SocketAddr)>>);
 
 /// One request in flight to an endpoint (counted while held).
 #[derive(Debug)]
@@ -130,6 +134,7 @@ impl Upstreams {
         config: &Config,
         cluster: &Cluster,
         original_dst: SocketAddr,
+        hash: Option<u64>,
     ) -> Option<(SocketAddr, usize)> {
         let all = Self::endpoints(config, cluster, original_dst);
         let size = all.len();
@@ -142,6 +147,15 @@ impl Upstreams {
             return None;
         }
         let i = match cluster.balancer {
+            Balancer::RingHash { ring_size } => match hash {
+                Some(h) => {
+                    let ring = self.ring(&cluster.name, &candidates, ring_size);
+                    let owner = crate::ring::lookup(&ring, h);
+                    return owner.map(|a| (a, size));
+                }
+                // Nothing to hash: any endpoint (Envoy picks at random too).
+                None => (crate::random_u64() % candidates.len() as u64) as usize,
+            },
             Balancer::Random => (crate::random_u64() % candidates.len() as u64) as usize,
             Balancer::LeastRequest => {
                 // Two draws with replacement, as Envoy's default choice_count of 2.
@@ -197,6 +211,24 @@ impl Upstreams {
                 builder.build(connector)
             })
             .clone()
+    }
+
+    /// The cluster's ring for these endpoints (rebuilt when they change).
+    fn ring(
+        &self,
+        cluster: &str,
+        endpoints: &[SocketAddr],
+        size: usize,
+    ) -> Arc<Vec<(u64, SocketAddr)>> {
+        let mut rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((eps, ring)) = rings.get(cluster)
+            && eps == endpoints
+        {
+            return ring.clone();
+        }
+        let ring = Arc::new(crate::ring::build(endpoints, size));
+        rings.insert(cluster.to_owned(), (endpoints.to_vec(), ring.clone()));
+        ring
     }
 
     /// Counts a request in flight to `addr` until the guard drops.
@@ -658,8 +690,9 @@ async fn route_request(
             mirror(shared, config, m, &parts, &path, body.clone(), local);
         }
     }
+    let (hash, set_cookie) = request_hash(&forward.hash_policy, &parts, entry.downstream_remote);
     let attempt = forward_with_retries(
-        shared, config, &cluster, forward, &parts, &path, body, local, entry,
+        shared, config, &cluster, forward, &parts, &path, body, local, hash, entry,
     );
     let mut response = match forward.timeout {
         Some(t) => match tokio::time::timeout(t, attempt).await {
@@ -674,6 +707,11 @@ async fn route_request(
     for h in HOP_BY_HOP {
         response.headers_mut().remove(h);
     }
+    if let Some(cookie) = set_cookie
+        && let Ok(v) = HeaderValue::from_str(&cookie)
+    {
+        response.headers_mut().append(hyper::header::SET_COOKIE, v);
+    }
     for h in &route.response_headers_to_remove {
         response.headers_mut().remove(h.as_str());
     }
@@ -683,6 +721,79 @@ async fn route_request(
         }
     }
     response
+}
+
+/// The request's hash for a ring-hash cluster: the hash policies' values combined as Envoy
+/// combines them (rotate left by one, xor); with a cookie policy whose cookie is absent and a
+/// ttl, a cookie is made up and returned for the response's Set-Cookie.
+pub fn request_hash(
+    policies: &[crate::model::HashPolicy],
+    parts: &hyper::http::request::Parts,
+    peer: SocketAddr,
+) -> (Option<u64>, Option<String>) {
+    use crate::model::HashPolicy;
+    use crate::ring::fnv1a;
+    let mut hash: Option<u64> = None;
+    let mut set_cookie = None;
+    let mut add = |h: u64| {
+        hash = Some(hash.map_or(h, |old| old.rotate_left(1) ^ h));
+    };
+    for p in policies {
+        match p {
+            HashPolicy::Header(name) => {
+                let values: Vec<&[u8]> = parts
+                    .headers
+                    .get_all(name.as_str())
+                    .iter()
+                    .map(|v| v.as_bytes())
+                    .collect();
+                if !values.is_empty() {
+                    add(fnv1a(&values.join(&b","[..])));
+                }
+            }
+            HashPolicy::Cookie { name, ttl, path } => {
+                let found = parts
+                    .headers
+                    .get_all(hyper::header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .find_map(|kv| {
+                        let (k, v) = kv.trim().split_once('=')?;
+                        (k == name).then(|| v.trim_matches('"').to_owned())
+                    });
+                match (found, ttl) {
+                    (Some(v), _) => add(fnv1a(v.as_bytes())),
+                    (None, Some(ttl)) => {
+                        let value = format!(
+                            "{:016x}",
+                            fnv1a(format!("{peer}-{}", crate::random_u64()).as_bytes())
+                        );
+                        add(fnv1a(value.as_bytes()));
+                        let mut c = format!("{name}=\"{value}\"; Max-Age={}", ttl.as_secs());
+                        if !path.is_empty() {
+                            c.push_str(&format!("; Path={path}"));
+                        }
+                        c.push_str("; HttpOnly");
+                        set_cookie = Some(c);
+                    }
+                    (None, None) => {}
+                }
+            }
+            HashPolicy::QueryParameter(name) => {
+                if let Some(v) = parts.uri.query().and_then(|q| {
+                    q.split('&').find_map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                        (k == name).then_some(v)
+                    })
+                }) {
+                    add(fnv1a(v.as_bytes()));
+                }
+            }
+            HashPolicy::SourceIp => add(fnv1a(peer.ip().to_string().as_bytes())),
+        }
+    }
+    (hash, set_cookie)
 }
 
 /// The request's Origin, when the policy allows it.
@@ -742,7 +853,7 @@ fn mirror(
     let Some(cluster) = config.clusters.get(&m.cluster) else {
         return;
     };
-    let Some((addr, _)) = shared.upstreams.pick(config, cluster, local) else {
+    let Some((addr, _)) = shared.upstreams.pick(config, cluster, local, None) else {
         return;
     };
     let Ok(uri) = format!("http://{addr}{path}").parse::<hyper::Uri>() else {
@@ -821,6 +932,7 @@ async fn forward_with_retries(
     path: &str,
     body: Bytes,
     local: SocketAddr,
+    hash: Option<u64>,
     entry: &mut HttpEntry,
 ) -> Response<Body> {
     let client = shared.upstreams.client(cluster);
@@ -845,7 +957,7 @@ async fn forward_with_retries(
         };
         let mut picked = None;
         let mut in_flight = None;
-        let outcome = match shared.upstreams.pick(config, cluster, local) {
+        let outcome = match shared.upstreams.pick(config, cluster, local, hash) {
             None => Attempt::NoEndpoint,
             Some((addr, size)) => {
                 picked = Some((addr, size));
@@ -992,7 +1104,7 @@ mod tests {
         let busy: SocketAddr = "10.0.0.1:80".parse().unwrap_or_else(|_| unreachable!());
         let _held = up.track("lr", busy);
         let to_busy = (0..400)
-            .filter(|_| up.pick(&config, &cluster, local).map(|(a, _)| a) == Some(busy))
+            .filter(|_| up.pick(&config, &cluster, local, None).map(|(a, _)| a) == Some(busy))
             .count();
         // Two draws with replacement: the busy endpoint wins only when drawn twice (1/4).
         assert!((40..=160).contains(&to_busy), "{to_busy} of 400");
@@ -1003,6 +1115,80 @@ mod tests {
                 .unwrap_or_else(|p| p.into_inner())
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn request_hashes_follow_the_policies_and_make_up_missing_cookies() {
+        use crate::model::HashPolicy;
+        let peer: SocketAddr = "10.0.0.9:5000".parse().unwrap_or_else(|_| unreachable!());
+        let parts = |req: hyper::Request<()>| req.into_parts().0;
+        let header = [HashPolicy::Header("x-user".into())];
+        let a = request_hash(
+            &header,
+            &parts(
+                hyper::Request::get("/")
+                    .header("x-user", "jason")
+                    .body(())
+                    .unwrap_or_default(),
+            ),
+            peer,
+        );
+        let b = request_hash(
+            &header,
+            &parts(
+                hyper::Request::get("/")
+                    .header("x-user", "jason")
+                    .body(())
+                    .unwrap_or_default(),
+            ),
+            "10.0.0.10:1".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        assert!(
+            a.0.is_some() && a.0 == b.0,
+            "same header, same hash, any client"
+        );
+        let none = request_hash(
+            &header,
+            &parts(hyper::Request::get("/").body(()).unwrap_or_default()),
+            peer,
+        );
+        assert_eq!(none, (None, None));
+        let cookie = [HashPolicy::Cookie {
+            name: "sticky".into(),
+            ttl: Some(Duration::from_secs(60)),
+            path: "/".into(),
+        }];
+        let (h, set) = request_hash(
+            &cookie,
+            &parts(hyper::Request::get("/").body(()).unwrap_or_default()),
+            peer,
+        );
+        let set = set.unwrap_or_default();
+        assert!(
+            h.is_some()
+                && set.starts_with("sticky=\"")
+                && set.ends_with("; Max-Age=60; Path=/; HttpOnly"),
+            "{set}"
+        );
+        // Sent back, the cookie hashes the same way.
+        let value = set.split('"').nth(1).unwrap_or_default().to_owned();
+        let again = request_hash(
+            &cookie,
+            &parts(
+                hyper::Request::get("/")
+                    .header("cookie", format!("a=1; sticky={value}"))
+                    .body(())
+                    .unwrap_or_default(),
+            ),
+            peer,
+        );
+        assert_eq!(again, (h, None));
+        let ip = request_hash(
+            &[HashPolicy::SourceIp],
+            &parts(hyper::Request::get("/").body(()).unwrap_or_default()),
+            peer,
+        );
+        assert!(ip.0.is_some());
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod http;
 pub mod listen;
 pub mod model;
 pub mod outlier;
+pub mod ring;
 pub mod stats;
 pub mod tls;
 pub mod xds;

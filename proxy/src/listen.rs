@@ -177,7 +177,7 @@ async fn serve(
                 tracing::debug!(cluster = %tcp.cluster, "tcp proxy: no such cluster");
                 return;
             };
-            let Some((upstream, _)) = shared.upstreams.pick(&config, &cluster, dst) else {
+            let Some((upstream, _)) = shared.upstreams.pick(&config, &cluster, dst, None) else {
                 tracing::debug!(cluster = %tcp.cluster, "tcp proxy: no endpoint");
                 return;
             };

@@ -718,6 +718,51 @@ pub struct Forward {
     pub host_rewrite: Option<String>,
     /// Clusters that get a copy of a share of the requests (fire and forget).
     pub mirrors: Vec<Mirror>,
+    /// What a ring-hash cluster hashes (Istio's consistentHash).
+    pub hash_policy: Vec<HashPolicy>,
+}
+
+/// One input to the request's hash, Envoy's route `hash_policy`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HashPolicy {
+    Header(String),
+    /// A cookie; when absent and `ttl` is set, one is generated and set on the response.
+    Cookie {
+        name: String,
+        ttl: Option<Duration>,
+        path: String,
+    },
+    QueryParameter(String),
+    SourceIp,
+}
+
+fn hash_policies(
+    a: &envoy_types::pb::envoy::config::route::v3::RouteAction,
+    resource: &str,
+    field: &str,
+) -> Result<Vec<HashPolicy>, Refused> {
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+    let mut out = Vec::new();
+    for (i, h) in a.hash_policy.iter().enumerate() {
+        let f = format!("{field}.route.hash_policy[{i}]");
+        if h.terminal {
+            return Err(unsupported(resource, &format!("{f}.terminal")));
+        }
+        out.push(match &h.policy_specifier {
+            Some(PolicySpecifier::Header(hd)) if hd.regex_rewrite.is_none() => {
+                HashPolicy::Header(hd.header_name.to_ascii_lowercase())
+            }
+            Some(PolicySpecifier::Cookie(c)) if c.attributes.is_empty() => HashPolicy::Cookie {
+                name: c.name.clone(),
+                ttl: c.ttl.as_ref().map(duration),
+                path: c.path.clone(),
+            },
+            Some(PolicySpecifier::QueryParameter(q)) => HashPolicy::QueryParameter(q.name.clone()),
+            Some(PolicySpecifier::ConnectionProperties(c)) if c.source_ip => HashPolicy::SourceIp,
+            _ => return Err(unsupported(resource, &f)),
+        });
+    }
+    Ok(out)
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -922,9 +967,7 @@ fn route(r: &PbRoute, resource: &str, field: &str) -> Result<Route, Refused> {
                     shadow_suffix: !m.disable_shadow_host_suffix_append,
                 });
             }
-            if !a.hash_policy.is_empty() {
-                return Err(unsupported(resource, &format!("{field}.route.hash_policy")));
-            }
+            let hash_policy = hash_policies(a, resource, field)?;
             let retry = match &a.retry_policy {
                 None => None,
                 Some(p) => {
@@ -981,6 +1024,7 @@ fn route(r: &PbRoute, resource: &str, field: &str) -> Result<Route, Refused> {
                 prefix_rewrite: Some(a.prefix_rewrite.clone()).filter(|p| !p.is_empty()),
                 host_rewrite,
                 mirrors,
+                hash_policy,
             })
         }
         Some(Action::Redirect(rd)) => {
@@ -1159,6 +1203,10 @@ pub enum Balancer {
     /// Envoy's LEAST_REQUEST: of two endpoints drawn at random, the one with fewer
     /// requests in flight.
     LeastRequest,
+    /// Consistent hashing on a ring of about this many points (Envoy's RING_HASH).
+    RingHash {
+        ring_size: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -1337,6 +1385,24 @@ pub fn cluster(c: &PbCluster) -> Result<Cluster, Refused> {
     let balancer = match LbPolicy::try_from(c.lb_policy) {
         Ok(LbPolicy::RoundRobin) => Balancer::RoundRobin,
         Ok(LbPolicy::Random) => Balancer::Random,
+        Ok(LbPolicy::RingHash) => {
+            use envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig;
+            use envoy_types::pb::envoy::config::cluster::v3::cluster::ring_hash_lb_config::HashFunction;
+            let mut ring_size = 1024;
+            match &c.lb_config {
+                None => {}
+                Some(LbConfig::RingHashLbConfig(r)) => {
+                    if HashFunction::try_from(r.hash_function) != Ok(HashFunction::XxHash) {
+                        return Err(unsupported(name, "ring_hash_lb_config.hash_function"));
+                    }
+                    if let Some(min) = &r.minimum_ring_size {
+                        ring_size = usize::try_from(min.value).unwrap_or(1024).clamp(1, 1 << 23);
+                    }
+                }
+                Some(_) => return Err(unsupported(name, "lb_config")),
+            }
+            Balancer::RingHash { ring_size }
+        }
         Ok(LbPolicy::LeastRequest) => {
             if c.lb_config.is_some() {
                 return Err(unsupported(name, "least_request_lb_config"));
@@ -1350,7 +1416,7 @@ pub fn cluster(c: &PbCluster) -> Result<Cluster, Refused> {
             return Err(refuse(
                 name,
                 "lb_policy",
-                "only ROUND_ROBIN, RANDOM and LEAST_REQUEST are supported yet",
+                "only ROUND_ROBIN, RANDOM, LEAST_REQUEST and RING_HASH are supported yet",
             ));
         }
     };

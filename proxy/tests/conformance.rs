@@ -1,7 +1,8 @@
 //! Conformance: one table of scenarios (VirtualService through pilot + request -> expected
 //! status, body marker, backend reached, timing), run against real Envoy and keel-proxy as
 //! gateways fed by the same galley and pilot. Every row must pass on both. Then, on both:
-//! HTTP/2 (h2c downstream; gRPC through an HTTP/2 cluster, statuses in trailers), CORS
+//! consistent hashing (sticky by header), HTTP/2 (h2c downstream; gRPC through an HTTP/2
+//! cluster, statuses in trailers), CORS
 //! (preflight, simple request, other origin), mirroring (a copy to another backend,
 //! host suffixed `-shadow`), outlier detection (a
 //! failing endpoint ejected after one error, later requests all to the
@@ -423,6 +424,12 @@ fn config(backend_port: u16, gateway_port: u16, grpc_port: u16) -> String {
     ));
     docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: pair, namespace: default}\nspec:\n  host: pair.backend\n  trafficPolicy:\n    outlierDetection: {consecutiveErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}\n".to_owned());
     docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: ejection, namespace: default}\nspec:\n  hosts: [ejection.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: pair.backend}}]\n".to_owned());
+    // Consistent hashing by a header over two endpoints.
+    docs.push(format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: sticky, namespace: default}}\nspec:\n  hosts: [sticky.backend]\n  location: MESH_INTERNAL\n  ports: [{{number: {backend_port}, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.31}}, {{address: 127.0.0.32}}]\n"
+    ));
+    docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: sticky, namespace: default}\nspec:\n  host: sticky.backend\n  trafficPolicy:\n    loadBalancer: {consistentHash: {httpHeaderName: x-user}}\n".to_owned());
+    docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: sticky, namespace: default}\nspec:\n  hosts: [sticky.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: sticky.backend}}]\n".to_owned());
     // gRPC: a GRPC port makes the cluster speak HTTP/2 upstream.
     docs.push(format!(
         "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: grpc, namespace: default}}\nspec:\n  hosts: [grpc.backend]\n  location: MESH_INTERNAL\n  ports: [{{number: {grpc_port}, name: grpc, protocol: GRPC}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.36}}]\n"
@@ -660,6 +667,31 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
         if status != 404 {
             failures.push(format!("{candidate} / no-route: status {status}, want 404"));
         }
+        // Consistent hashing: each user keeps reaching one backend; between them the users
+        // reach both.
+        let mut reached = std::collections::BTreeMap::new();
+        // 16 users: all on one of two backends by chance is 1 in 32768.
+        for i in 0..16 {
+            let user = format!("u{i}");
+            let user = user.as_str();
+            let backends: std::collections::BTreeSet<String> = (0..4)
+                .map(|_| {
+                    let (_, _, body, _) =
+                        request(gateway_port, "sticky.test", "/", &[("x-user", user)]);
+                    body.split_whitespace().next().unwrap_or("").to_owned()
+                })
+                .collect();
+            reached.insert(user.to_owned(), backends);
+        }
+        let all: std::collections::BTreeSet<&String> = reached.values().flatten().collect();
+        if reached.values().any(|b| b.len() != 1) || all.len() != 2 {
+            let (_, head, body, _) = request(admin, "admin", "/clusters", &[]);
+            let sticky: Vec<&str> = body.lines().filter(|l| l.contains("sticky")).collect();
+            failures.push(format!(
+                "{candidate} / consistent-hash: {reached:?}; admin /clusters: {sticky:?} {head:?}"
+            ));
+        }
+
         // HTTP/2: h2c with prior knowledge downstream, to an HTTP/1.1 backend.
         let (status, body) = rt.block_on(h2c_get(gateway_port, "prefix.test", "/h2"));
         if status != 200 || !body.contains("backend=a path=/h2") {

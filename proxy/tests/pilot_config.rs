@@ -167,12 +167,25 @@ fn every_walkthrough_config_converts_for_sidecars_and_the_gateway() {
 
 #[test]
 fn what_is_not_implemented_is_refused_with_the_field() {
-    let hash = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: ratings-hash}\nspec:\n  host: ratings\n  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}\n";
-    let err = convert(&mesh(&[], hash), PRODUCTPAGE).unwrap_err();
+    let tls = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: ratings-tls}\nspec:\n  host: ratings\n  trafficPolicy: {tls: {mode: SIMPLE}}\n";
+    let err = convert(&mesh(&[], tls), PRODUCTPAGE).unwrap_err();
     assert!(
-        err.contains("lb_policy") || err.contains("hash_policy"),
+        err.contains("ratings") && err.contains("transport_socket"),
         "{err}"
     );
+    // Consistent hashing converts: a ring-hash cluster, and the VirtualService route hashes
+    // the header.
+    let hash = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: ratings-hash}\nspec:\n  host: ratings\n  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: ratings}\nspec:\n  hosts: [ratings]\n  http:\n  - route: [{destination: {host: ratings}}]\n";
+    let c = convert(&mesh(&[], hash), PRODUCTPAGE).unwrap();
+    let ratings = c.routes["9080"]
+        .virtual_hosts
+        .iter()
+        .find(|v| v.domains.iter().any(|d| d == "ratings"))
+        .unwrap();
+    let RouteAction::Forward(f) = &ratings.routes[0].action else {
+        panic!("not forwarded")
+    };
+    assert_eq!(f.hash_policy, [model::HashPolicy::Header("x-user".into())]);
     let lb = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: ratings-lb}\nspec:\n  host: ratings\n  trafficPolicy: {loadBalancer: {simple: LEAST_CONN}}\n";
     let c = convert(&mesh(&[], lb), PRODUCTPAGE).unwrap();
     let ratings: Vec<_> = c
