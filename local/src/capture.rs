@@ -33,39 +33,16 @@ pub enum CaptureError {
     Failed { command: String, stderr: String },
 }
 
-/// The nat table of a pod with a sidecar, in iptables-restore form.
+/// The nat table of a pod with a sidecar, in iptables-restore form: keel-proxy's capture
+/// (what `keel-proxy init` applies in a Kubernetes pod), the proxy exempt by its group.
 pub fn pod_capture_rules(inbound_ports: &[u16]) -> String {
-    let mut r = String::from("*nat\n");
-    for chain in [
-        "ISTIO_INBOUND",
-        "ISTIO_IN_REDIRECT",
-        "ISTIO_OUTPUT",
-        "ISTIO_REDIRECT",
-    ] {
-        r.push_str(&format!(":{chain} - [0:0]\n"));
-    }
-    r.push_str(&format!(
-        "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {OUTBOUND_CAPTURE_PORT}\n"
-    ));
-    r.push_str(&format!(
-        "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {INBOUND_CAPTURE_PORT}\n"
-    ));
-    r.push_str("-A PREROUTING -p tcp -j ISTIO_INBOUND\n");
-    for port in inbound_ports {
-        r.push_str(&format!(
-            "-A ISTIO_INBOUND -p tcp --dport {port} -j ISTIO_IN_REDIRECT\n"
-        ));
-    }
-    r.push_str("-A OUTPUT -p tcp -j ISTIO_OUTPUT\n");
-    r.push_str(&format!(
-        "-A ISTIO_OUTPUT -m owner --gid-owner {PROXY_GID} -j RETURN\n"
-    ));
-    // The app calling its own pod address goes through the sidecar's inbound side.
-    r.push_str("-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -j ISTIO_IN_REDIRECT\n");
-    r.push_str("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n");
-    r.push_str("-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n");
-    r.push_str("COMMIT\n");
-    r
+    keel_proxy::capture::rules(&keel_proxy::capture::Capture {
+        inbound_ports: inbound_ports.to_vec(),
+        proxy_uid: None,
+        proxy_gid: Some(PROXY_GID),
+        outbound_port: OUTBOUND_CAPTURE_PORT,
+        inbound_port: INBOUND_CAPTURE_PORT,
+    })
 }
 
 /// One Service port's virtual address and the pod addresses behind it.

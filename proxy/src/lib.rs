@@ -10,6 +10,7 @@
 //!   timeouts, load balancing, upstream pools.
 //! - [`als`]: access logs to the gRPC access log service (mixer).
 //! - [`authz`]: the ext_authz filter (mixer's policy checks).
+//! - [`capture`]: `keel-proxy init`, the pod's iptables capture.
 //! - [`admin`]: `/ready`, `/config_dump`, `/stats/prometheus`, `/clusters`.
 
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod als;
 pub mod authz;
 pub mod bootstrap;
 pub mod breaker;
+pub mod capture;
 pub mod http;
 pub mod listen;
 pub mod model;

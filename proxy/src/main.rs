@@ -5,6 +5,17 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // `keel-proxy init ...`: the pod's capture (Istio's init container), then exit.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "init") {
+        let args = keel_proxy::capture::InitArgs::parse_from(std::env::args_os().skip(1));
+        return match keel_proxy::capture::init(&args, &mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("keel-proxy init: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = keel_proxy::Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
