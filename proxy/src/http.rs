@@ -652,6 +652,16 @@ async fn route_request(
     let Some(cluster) = config.clusters.get(&cluster_name).cloned() else {
         return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
     };
+    if is_websocket_upgrade(&parts.headers) {
+        if !forward.websocket {
+            // Envoy answers an upgrade the route does not allow with 403.
+            return local_reply(StatusCode::FORBIDDEN, "");
+        }
+        return websocket(
+            shared, config, &cluster, route, forward, parts, local, entry,
+        )
+        .await;
+    }
     let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
@@ -720,6 +730,158 @@ async fn route_request(
             response.headers_mut().insert(k, v);
         }
     }
+    response
+}
+
+/// `Upgrade: websocket` with `Connection: upgrade` on an HTTP/1.1 request.
+fn is_websocket_upgrade(h: &HeaderMap) -> bool {
+    let has = |name: &str, token: &str| {
+        h.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has("upgrade", "websocket") && has("connection", "upgrade")
+}
+
+/// A response head: status, headers, and the bytes that came after it.
+fn parse_head(buf: &[u8]) -> Option<(u16, Vec<(String, String)>, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let text = std::str::from_utf8(&buf[..end]).ok()?;
+    let mut lines = text.split("\r\n");
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect();
+    Some((status, headers, end + 4))
+}
+
+/// A WebSocket upgrade: the request goes to an endpoint over a connection of its own; a 101
+/// answer turns both connections into one byte stream, anything else is relayed as is.
+#[allow(clippy::too_many_arguments)]
+async fn websocket(
+    shared: &Shared,
+    config: &Config,
+    cluster: &Cluster,
+    route: &Route,
+    forward: &Forward,
+    mut parts: hyper::http::request::Parts,
+    local: SocketAddr,
+    entry: &mut HttpEntry,
+) -> Response<Body> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some((addr, _)) = shared.upstreams.pick(config, cluster, local, None) else {
+        return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+    };
+    entry.upstream_address = Some(addr);
+    let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    for h in &route.request_headers_to_remove {
+        parts.headers.remove(h.as_str());
+    }
+    for (k, v) in &route.request_headers_to_add {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+            parts.headers.insert(k, v);
+        }
+    }
+    if let Some(h) = &forward.host_rewrite
+        && let Ok(v) = HeaderValue::from_str(h)
+    {
+        parts.headers.insert(hyper::header::HOST, v);
+    }
+    let path = rewrite(&entry.path, route, forward);
+    shared.stats.upstream_rq.inc();
+    let mut upstream = match tokio::time::timeout(
+        cluster.connect_timeout,
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        _ => {
+            shared.stats.upstream_cx_fail.inc();
+            return local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            );
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let mut head = format!("{} {path} HTTP/1.1\r\n", parts.method);
+    for (k, v) in &parts.headers {
+        head.push_str(k.as_str());
+        head.push_str(": ");
+        head.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    if upstream.write_all(head.as_bytes()).await.is_err() {
+        return local_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+        );
+    }
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    let (status, headers, used) = loop {
+        if let Some(parsed) = parse_head(&buf) {
+            break parsed;
+        }
+        if buf.len() > 64 * 1024 {
+            return local_reply(StatusCode::BAD_GATEWAY, "upstream response head too large");
+        }
+        match upstream.read(&mut chunk).await {
+            Ok(0) | Err(_) => {
+                return local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                );
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let rest = buf.split_off(used);
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (k, v) in &headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+            response.headers_mut().append(k, v);
+        }
+    }
+    if status != 101 {
+        // Not upgraded: the answer, with the body the head announced.
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+            .min(MAX_REQUEST_BODY);
+        let mut body = rest;
+        while body.len() < len {
+            match upstream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+            }
+        }
+        body.truncate(len);
+        *response.body_mut() = full(Bytes::from(body));
+        return response;
+    }
+    let Some(on_upgrade) = on_upgrade else {
+        return local_reply(StatusCode::BAD_REQUEST, "upgrade failed");
+    };
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut downstream = TokioIo::new(upgraded);
+        if !rest.is_empty() && downstream.write_all(&rest).await.is_err() {
+            return;
+        }
+        let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+    });
     response
 }
 

@@ -477,6 +477,10 @@ fn http_manager(m: &HttpConnectionManager, name: &str) -> Result<HttpManager, Re
             ));
         }
     }
+    if !m.upgrade_configs.is_empty() {
+        // Pilot enables upgrades per route; a manager-wide one would be silently different.
+        return Err(unsupported(name, &format!("{field}.upgrade_configs")));
+    }
     let routes = match &m.route_specifier {
         Some(RouteSpecifier::Rds(r)) => RouteSource::Rds(r.route_config_name.clone()),
         Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Inline(Arc::new(route_table(rc)?)),
@@ -720,6 +724,8 @@ pub struct Forward {
     pub mirrors: Vec<Mirror>,
     /// What a ring-hash cluster hashes (Istio's consistentHash).
     pub hash_policy: Vec<HashPolicy>,
+    /// WebSocket upgrades allowed on this route (`upgrade_configs: websocket`).
+    pub websocket: bool,
 }
 
 /// One input to the request's hash, Envoy's route `hash_policy`.
@@ -968,6 +974,24 @@ fn route(r: &PbRoute, resource: &str, field: &str) -> Result<Route, Refused> {
                 });
             }
             let hash_policy = hash_policies(a, resource, field)?;
+            let mut websocket = false;
+            for (i, u) in a.upgrade_configs.iter().enumerate() {
+                let f = format!("{field}.route.upgrade_configs[{i}]");
+                if !u.upgrade_type.eq_ignore_ascii_case("websocket") {
+                    return Err(refuse(
+                        resource,
+                        &f,
+                        format!(
+                            "upgrade type {:?} is not supported (only websocket)",
+                            u.upgrade_type
+                        ),
+                    ));
+                }
+                if u.connect_config.is_some() {
+                    return Err(unsupported(resource, &format!("{f}.connect_config")));
+                }
+                websocket = u.enabled.as_ref().is_none_or(|b| b.value);
+            }
             let retry = match &a.retry_policy {
                 None => None,
                 Some(p) => {
@@ -1025,6 +1049,7 @@ fn route(r: &PbRoute, resource: &str, field: &str) -> Result<Route, Refused> {
                 host_rewrite,
                 mirrors,
                 hash_policy,
+                websocket,
             })
         }
         Some(Action::Redirect(rd)) => {

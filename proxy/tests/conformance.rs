@@ -1,7 +1,7 @@
 //! Conformance: one table of scenarios (VirtualService through pilot + request -> expected
 //! status, body marker, backend reached, timing), run against real Envoy and keel-proxy as
 //! gateways fed by the same galley and pilot. Every row must pass on both. Then, on both:
-//! consistent hashing (sticky by header), HTTP/2 (h2c downstream; gRPC through an HTTP/2
+//! WebSocket upgrades (allowed and refused), consistent hashing (sticky by header), HTTP/2 (h2c downstream; gRPC through an HTTP/2
 //! cluster, statuses in trailers), CORS
 //! (preflight, simple request, other origin), mirroring (a copy to another backend,
 //! host suffixed `-shadow`), outlier detection (a
@@ -424,6 +424,12 @@ fn config(backend_port: u16, gateway_port: u16, grpc_port: u16) -> String {
     ));
     docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: pair, namespace: default}\nspec:\n  host: pair.backend\n  trafficPolicy:\n    outlierDetection: {consecutiveErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}\n".to_owned());
     docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: ejection, namespace: default}\nspec:\n  hosts: [ejection.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: pair.backend}}]\n".to_owned());
+    // WebSocket: allowed on ws.test, not on wsdeny.test.
+    docs.push(format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: ws, namespace: default}}\nspec:\n  hosts: [ws.backend]\n  location: MESH_INTERNAL\n  ports: [{{number: {backend_port}, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.37}}]\n"
+    ));
+    docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: ws, namespace: default}\nspec:\n  hosts: [ws.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: ws.backend}}]\n    websocketUpgrade: true\n".to_owned());
+    docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: wsdeny, namespace: default}\nspec:\n  hosts: [wsdeny.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: ws.backend}}]\n".to_owned());
     // Consistent hashing by a header over two endpoints.
     docs.push(format!(
         "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: sticky, namespace: default}}\nspec:\n  hosts: [sticky.backend]\n  location: MESH_INTERNAL\n  ports: [{{number: {backend_port}, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.31}}, {{address: 127.0.0.32}}]\n"
@@ -527,6 +533,42 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
                 }),
             ));
         }
+    });
+    // A WebSocket-style backend: answers an upgrade with 101, then echoes bytes.
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind(("127.0.0.37", backend_port))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if s.read(&mut b).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(b[0]);
+                    }
+                    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    if !text.contains("upgrade: websocket") {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n")
+                        .await;
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
     });
     let grpc_port = free_port();
     rt.block_on(async {
@@ -690,6 +732,51 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
             failures.push(format!(
                 "{candidate} / consistent-hash: {reached:?}; admin /clusters: {sticky:?} {head:?}"
             ));
+        }
+
+        // WebSocket: the upgrade goes through and bytes echo back; where the route does
+        // not allow it, the upgrade is refused.
+        let ws = |host: &str| -> (String, String) {
+            let mut s = TcpStream::connect(("127.0.0.1", gateway_port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(format!("GET /chat HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes()).unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match s.read(&mut b) {
+                    Ok(1) => head.push(b[0]),
+                    _ => break,
+                }
+            }
+            let status_line = String::from_utf8_lossy(&head)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            let mut echoed = String::new();
+            if status_line.contains(" 101 ") {
+                s.write_all(b"ping over the upgraded connection").unwrap();
+                let mut buf = [0u8; 64];
+                let mut got = Vec::new();
+                while got.len() < 33 {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                echoed = String::from_utf8_lossy(&got).into_owned();
+            }
+            (status_line, echoed)
+        };
+        let (line, echoed) = ws("ws.test");
+        if !line.contains(" 101 ") || echoed != "ping over the upgraded connection" {
+            failures.push(format!(
+                "{candidate} / websocket: {line:?} echoed {echoed:?}"
+            ));
+        }
+        let (line, _) = ws("wsdeny.test");
+        if !line.contains(" 403 ") {
+            failures.push(format!("{candidate} / websocket-not-allowed: {line:?}"));
         }
 
         // HTTP/2: h2c with prior knowledge downstream, to an HTTP/1.1 backend.
