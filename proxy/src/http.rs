@@ -744,8 +744,11 @@ fn is_websocket_upgrade(h: &HeaderMap) -> bool {
     has("upgrade", "websocket") && has("connection", "upgrade")
 }
 
+/// A parsed response head: status, headers, and where the head ended.
+type ResponseHead = (u16, Vec<(String, String)>, usize);
+
 /// A response head: status, headers, and the bytes that came after it.
-fn parse_head(buf: &[u8]) -> Option<(u16, Vec<(String, String)>, usize)> {
+fn parse_head(buf: &[u8]) -> Option<ResponseHead> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let text = std::str::from_utf8(&buf[..end]).ok()?;
     let mut lines = text.split("\r\n");
