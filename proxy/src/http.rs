@@ -744,6 +744,16 @@ fn is_websocket_upgrade(h: &HeaderMap) -> bool {
     has("upgrade", "websocket") && has("connection", "upgrade")
 }
 
+/// [`parse_head`], for the fuzz targets.
+pub fn fuzz_parse_head(buf: &[u8]) -> Option<ResponseHead> {
+    parse_head(buf)
+}
+
+/// [`is_websocket_upgrade`], for the fuzz targets.
+pub fn fuzz_is_websocket_upgrade(h: &HeaderMap) -> bool {
+    is_websocket_upgrade(h)
+}
+
 /// A parsed response head: status, headers, and where the head ended.
 type ResponseHead = (u16, Vec<(String, String)>, usize);
 

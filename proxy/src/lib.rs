@@ -19,6 +19,7 @@ pub mod authz;
 pub mod bootstrap;
 pub mod breaker;
 pub mod capture;
+pub mod fuzzing;
 pub mod http;
 pub mod listen;
 pub mod model;
