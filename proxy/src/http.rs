@@ -515,19 +515,51 @@ async fn handle(
         }
     };
     entry.status = response.status().as_u16();
-    entry.response_bytes = response
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .unwrap_or(0);
-    entry.duration = started.elapsed();
     shared
         .stats
         .observe_response(entry.status, &entry.upstream_cluster);
-    if let Some(sink) = &hcm.access_log {
-        shared.access_logs.log_http(sink, entry);
+    let Some(sink) = hcm.access_log.clone() else {
+        return response;
+    };
+    // The entry is logged when the response body is done (or dropped): its size is what was
+    // sent, chunked bodies included, and its duration runs to the last byte, as Envoy's.
+    let mut log = LogOnDone {
+        shared: shared.clone(),
+        sink,
+        entry: Some(entry),
+        started,
+        bytes: 0,
+    };
+    response.map(move |b| {
+        b.map_frame(move |frame| {
+            // The whole guard moves into the body (not just the counter).
+            let log = &mut log;
+            if let Some(data) = frame.data_ref() {
+                log.bytes += data.len() as u64;
+            }
+            frame
+        })
+        .boxed()
+    })
+}
+
+/// Sends a request's access log entry when dropped, with the bytes the body carried.
+struct LogOnDone {
+    shared: Arc<Shared>,
+    sink: crate::model::AccessLogSink,
+    entry: Option<HttpEntry>,
+    started: Instant,
+    bytes: u64,
+}
+
+impl Drop for LogOnDone {
+    fn drop(&mut self) {
+        if let Some(mut entry) = self.entry.take() {
+            entry.response_bytes = self.bytes;
+            entry.duration = self.started.elapsed();
+            self.shared.access_logs.log_http(&self.sink, entry);
+        }
     }
-    response
 }
 
 /// The ext_authz filter, when the connection manager has one and the route does not turn it
