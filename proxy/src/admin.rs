@@ -59,7 +59,12 @@ pub async fn start(
                             let shared = shared.clone();
                             async move {
                                 let path = req.uri().path().to_owned();
-                                let (status, ctype, body) = answer(&shared, &path, full);
+                                let (status, ctype, body) =
+                                    if path == "/logging" && full == Surface::Admin {
+                                        logging(req.method(), req.uri().query().unwrap_or(""))
+                                    } else {
+                                        answer(&shared, &path, full)
+                                    };
                                 let mut r = Response::new(Full::new(Bytes::from(body)));
                                 *r.status_mut() =
                                     StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -77,6 +82,68 @@ pub async fn start(
         }));
     }
     Ok(tasks)
+}
+
+/// Sets the log filter at run time (`level` is an `EnvFilter` directive); installed by
+/// `main`, which owns the subscriber.
+pub type LogControl = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+static LOG_CONTROL: std::sync::OnceLock<(LogControl, std::sync::Mutex<String>)> =
+    std::sync::OnceLock::new();
+
+/// Lets `/logging` change the log level; `current` is the filter in force.
+pub fn set_log_control(control: LogControl, current: &str) {
+    let _ = LOG_CONTROL.set((control, std::sync::Mutex::new(current.to_owned())));
+}
+
+/// Envoy's `/logging`: GET shows the level, POST `?level=L` sets it for everything
+/// (trace, debug, info, warning/warn, error, critical, off).
+fn logging(method: &hyper::Method, query: &str) -> (u16, &'static str, String) {
+    let text = "text/plain; charset=utf-8";
+    let Some((control, current)) = LOG_CONTROL.get() else {
+        return (
+            503,
+            text,
+            "logging cannot be changed in this process\n".into(),
+        );
+    };
+    let shown = || {
+        format!(
+            "active loggers:\n  all: {}\n",
+            current.lock().map(|c| c.clone()).unwrap_or_default()
+        )
+    };
+    if method == hyper::Method::GET {
+        return (200, text, shown());
+    }
+    if method != hyper::Method::POST {
+        return (405, text, "use GET or POST\n".into());
+    }
+    let level = query.split('&').find_map(|kv| kv.strip_prefix("level="));
+    let Some(level) = level else {
+        return (
+            400,
+            text,
+            "usage: POST /logging?level=(trace|debug|info|warning|error|critical|off)\n".into(),
+        );
+    };
+    let directive = match level {
+        "trace" | "debug" | "info" | "error" | "off" => level,
+        "warning" | "warn" => "warn",
+        "critical" => "error",
+        other => {
+            return (400, text, format!("unknown level {other:?}\n"));
+        }
+    };
+    match control(directive) {
+        Ok(()) => {
+            if let Ok(mut c) = current.lock() {
+                directive.clone_into(&mut c);
+            }
+            (200, text, shown())
+        }
+        Err(e) => (500, text, format!("{e}\n")),
+    }
 }
 
 fn answer(shared: &Shared, path: &str, surface: Surface) -> (u16, &'static str, String) {

@@ -17,13 +17,26 @@ fn main() -> ExitCode {
         };
     }
     let args = keel_proxy::Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_ansi(false)
-        .init();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let initial = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        let filter = tracing_subscriber::EnvFilter::try_new(&initial)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer().with_ansi(false))
+            .init();
+        // The admin API's /logging changes the level through the reload handle.
+        keel_proxy::admin::set_log_control(
+            Box::new(move |level| {
+                let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                handle.reload(f).map_err(|e| e.to_string())
+            }),
+            &initial,
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.concurrency.max(1))
         .enable_all()

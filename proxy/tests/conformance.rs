@@ -697,12 +697,22 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
                 failures.push(format!("{candidate} / {}: {}", s.name, wrong.join("; ")));
             }
         }
-        // keel-proxy's readiness port answers once the configuration is in.
+        // keel-proxy's readiness port answers once the configuration is in; /logging
+        // changes the level as Envoy's does (both answer the same POST).
         if candidate == "keel-proxy" {
             let (status, ..) = request(readiness_port, "probe", "/healthz/ready", &[]);
             if status != 200 {
                 failures.push(format!("keel-proxy / readiness: status {status}, want 200"));
             }
+        }
+        let (status, _, body, _) =
+            request_with("POST", admin, "admin", "/logging?level=debug", &[]);
+        let (bad, ..) = request_with("POST", admin, "admin", "/logging?level=loud", &[]);
+        let _ = request_with("POST", admin, "admin", "/logging?level=warning", &[]);
+        if status != 200 || !body.contains("debug") || bad != 400 {
+            failures.push(format!(
+                "{candidate} / logging: {status} {body:?}, unknown level {bad}"
+            ));
         }
         // Unknown host: no virtual host matches.
         let (status, ..) = request(gateway_port, "nowhere.example", "/", &[]);
