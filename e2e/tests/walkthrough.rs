@@ -811,6 +811,16 @@ fn dashboards(mesh: &Mesh) -> Result<()> {
         );
         Ok(out.stdout.trim().to_owned())
     };
+    // "Check that Prometheus and Grafana are running": their services exist.
+    for svc in ["prometheus", "grafana"] {
+        let out = mesh.keelctl(&["-n", "istio-system", "get", "svc", svc])?;
+        ensure!(
+            out.ok && out.stdout.lines().nth(1).is_some_and(|l| l.starts_with(svc)),
+            "get svc {svc}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
     let grafana = pod_by_label("app=grafana")?;
     let (_same, line) =
         mesh.keelctl_background(&["-n", "istio-system", "port-forward", &grafana, "3000:3000"])?;

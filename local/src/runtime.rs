@@ -589,6 +589,12 @@ impl Runtime {
                 self.wait_ready(name, port, ready).await?;
             }
         }
+        self.apply_text(
+            "the components' services",
+            &component_services(&ports, self.prometheus.is_some()),
+            GATEWAY_NAMESPACE,
+        )
+        .await?;
 
         self.status.endpoints = self.endpoints();
         self.set_progress("starting the ingress gateway");
@@ -1565,6 +1571,66 @@ fn gateway_service(ports: &Ports) -> String {
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {GATEWAY_NAME}\n  namespace: {GATEWAY_NAMESPACE}\n  labels: {{app: {GATEWAY_NAME}, istio: ingressgateway}}\nspec:\n  type: NodePort\n  selector: {{app: {GATEWAY_NAME}, istio: ingressgateway}}\n  ports:\n  - {{name: http2, port: 80, targetPort: 80, nodePort: {}}}\n  - {{name: https, port: 443, targetPort: 443, nodePort: {}}}\n",
         ports.gateway_http, ports.gateway_https
     )
+}
+
+/// Services for the components under Istio's names and selectors (`get svc prometheus`,
+/// `get svc grafana` in the walkthrough). Their pods run on the host network, so the
+/// services get addresses but no endpoints inside the mesh: the components are reached on
+/// 127.0.0.1 (or with `keelctl port-forward`).
+fn component_services(ports: &Ports, addons: bool) -> String {
+    let svc = |name: &str, selector: &str, port_list: &[(&str, u16)]| {
+        let ports: Vec<String> = port_list
+            .iter()
+            .map(|(n, p)| format!("  - {{name: {n}, port: {p}}}\n"))
+            .collect();
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  labels: {{{selector}}}\n  annotations: {{keel.dev/component: \"true\"}}\nspec:\n  selector: {{{selector}}}\n  ports:\n{}",
+            ports.concat()
+        )
+    };
+    let mut docs = vec![
+        svc(
+            "istio-galley",
+            "istio: galley",
+            &[("http-api", ports.galley_http), ("grpc-mcp", ports.galley_grpc)],
+        ),
+        svc(
+            "istio-pilot",
+            "istio: pilot",
+            &[
+                ("grpc-xds", ports.pilot_grpc),
+                ("http-legacy-discovery", ports.pilot_http),
+            ],
+        ),
+        svc(
+            "istio-telemetry",
+            "istio-mixer-type: telemetry",
+            &[
+                ("grpc-mixer", ports.mixer_grpc),
+                ("prometheus", ports.mixer_prometheus),
+                ("http-monitoring", ports.mixer_monitoring),
+            ],
+        ),
+        svc(
+            "istio-policy",
+            "istio-mixer-type: policy",
+            &[("grpc-mixer", ports.mixer_grpc)],
+        ),
+    ];
+    if addons {
+        docs.push(svc(
+            "prometheus",
+            "app: prometheus",
+            &[("http-prometheus", ports.prometheus)],
+        ));
+        docs.push(svc("grafana", "app: grafana", &[("http", ports.dashboard)]));
+        docs.push(svc(
+            "servicegraph",
+            "app: servicegraph",
+            &[("http", ports.servicegraph)],
+        ));
+    }
+    docs.join("---\n")
 }
 
 /// The kinds the runtime follows.
