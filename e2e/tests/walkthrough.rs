@@ -815,7 +815,12 @@ fn dashboards(mesh: &Mesh) -> Result<()> {
     for svc in ["prometheus", "grafana"] {
         let out = mesh.keelctl(&["-n", "istio-system", "get", "svc", svc])?;
         ensure!(
-            out.ok && out.stdout.lines().nth(1).is_some_and(|l| l.starts_with(svc)),
+            out.ok
+                && out
+                    .stdout
+                    .lines()
+                    .nth(1)
+                    .is_some_and(|l| l.starts_with(svc)),
             "get svc {svc}: {}{}",
             out.stdout,
             out.stderr

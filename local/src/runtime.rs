@@ -595,6 +595,18 @@ impl Runtime {
             GATEWAY_NAMESPACE,
         )
         .await?;
+        // Istio's mesh config, which pilot follows: `keelctl -n istio-system edit cm istio`
+        // turns policy checks off or on as in Istio.
+        self.apply_text(
+            "the mesh config",
+            &mesh_config_map(
+                &bridge.to_string(),
+                ports.mixer_grpc,
+                self.opts.policy_checks,
+            ),
+            GATEWAY_NAMESPACE,
+        )
+        .await?;
 
         self.status.endpoints = self.endpoints();
         self.set_progress("starting the ingress gateway");
@@ -1592,7 +1604,10 @@ fn component_services(ports: &Ports, addons: bool) -> String {
         svc(
             "istio-galley",
             "istio: galley",
-            &[("http-api", ports.galley_http), ("grpc-mcp", ports.galley_grpc)],
+            &[
+                ("http-api", ports.galley_http),
+                ("grpc-mcp", ports.galley_grpc),
+            ],
         ),
         svc(
             "istio-pilot",
@@ -1631,6 +1646,14 @@ fn component_services(ports: &Ports, addons: bool) -> String {
         ));
     }
     docs.join("---\n")
+}
+
+/// The `istio` ConfigMap with the mesh settings pilot honours.
+fn mesh_config_map(bridge: &str, mixer_port: u16, policy_checks: bool) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: istio\n  labels: {{app: istio}}\ndata:\n  mesh: |-\n    disablePolicyChecks: {}\n    mixerCheckServer: {bridge}:{mixer_port}\n    mixerReportServer: {bridge}:{mixer_port}\n",
+        !policy_checks
+    )
 }
 
 /// The kinds the runtime follows.
@@ -1803,6 +1826,26 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mesh_config_map_says_what_keelctl_up_was_asked() {
+        for checks in [true, false] {
+            let text = mesh_config_map("10.88.0.1", 9091, checks);
+            let report = keel_config::load_str("mesh.yaml", &text, Some("istio-system"));
+            assert!(report.is_ok(), "{:?}", report.diagnostics);
+            let Some(Spec::ConfigMap(cm)) = report.resources.first().map(|r| &r.spec) else {
+                panic!("not a ConfigMap: {text}");
+            };
+            let mesh = &cm.data.as_ref().expect("data")["mesh"];
+            let v = &keel_config::yaml::parse_documents(mesh).expect("mesh is YAML")[0].value;
+            assert_eq!(v["disablePolicyChecks"], !checks);
+            assert_eq!(v["mixerCheckServer"], "10.88.0.1:9091");
+        }
+        let svcs = component_services(&Ports::default(), true);
+        let report = keel_config::load_str("svc.yaml", &svcs, Some("istio-system"));
+        assert!(report.is_ok(), "{:?}", report.diagnostics);
+        assert_eq!(report.resources.len(), 7);
+    }
 
     fn options(dir: &Path, port: u16) -> Options {
         Options {

@@ -176,6 +176,7 @@ pub fn subscribed_types() -> Vec<String> {
                     | Kind::WorkloadEntry
                     | Kind::Service
                     | Kind::Pod
+                    | Kind::ConfigMap
             )
         })
         .map(Kind::type_url)
@@ -221,11 +222,14 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
                     resources = config.resources.len(),
                     "configuration from galley"
                 );
-                mesh_tx.send_replace(Arc::new(
-                    Mesh::new(config)
-                        .with_telemetry(telemetry.clone())
-                        .with_policy(policy.clone()),
-                ));
+                let (mesh, problem) = Mesh::new(config)
+                    .with_telemetry(telemetry.clone())
+                    .with_policy(policy.clone())
+                    .with_mesh_config();
+                if let Some(p) = problem {
+                    tracing::warn!(problem = %p, "mesh config ignored");
+                }
+                mesh_tx.send_replace(Arc::new(mesh));
                 ready_tx.send_replace(true);
             }
             if galley.changed().await.is_err() {

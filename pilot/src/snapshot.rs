@@ -54,6 +54,44 @@ impl Mesh {
         self
     }
 
+    /// Istio's mesh config, the `mesh` key of the `istio` ConfigMap in istio-system, over
+    /// the command line's settings: `disablePolicyChecks`, `mixerCheckServer` and
+    /// `mixerReportServer`. A mesh config that does not parse changes nothing and is
+    /// reported (the `Err`), so a typo never turns checks off silently.
+    pub fn with_mesh_config(mut self) -> (Mesh, Option<String>) {
+        let key = keel_config::ResourceKey {
+            kind: Kind::ConfigMap,
+            namespace: "istio-system".into(),
+            name: "istio".into(),
+        };
+        let Some(Spec::ConfigMap(cm)) = self.config.get(&key).map(|r| &r.spec) else {
+            return (self, None);
+        };
+        let Some(text) = cm.data.as_ref().and_then(|d| d.get("mesh")) else {
+            return (self, None);
+        };
+        match mesh_config(text) {
+            Ok(m) => {
+                if let Some(report) = m.report_server {
+                    self.telemetry = Some(report);
+                }
+                match m.disable_policy_checks {
+                    Some(true) => self.policy = None,
+                    _ => {
+                        if let Some(check) = m.check_server {
+                            self.policy = Some(check);
+                        }
+                    }
+                }
+                (self, None)
+            }
+            Err(e) => (
+                self,
+                Some(format!("istio-system/istio ConfigMap, key mesh: {e}")),
+            ),
+        }
+    }
+
     /// Turns on telemetry reports to mixer at `host:port`.
     pub fn with_telemetry(mut self, telemetry: Option<(String, u16)>) -> Mesh {
         self.telemetry = telemetry;
@@ -96,6 +134,49 @@ impl Mesh {
             })
             .collect()
     }
+}
+
+/// The parts of Istio's MeshConfig pilot honours.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MeshConfig {
+    pub disable_policy_checks: Option<bool>,
+    pub check_server: Option<(String, u16)>,
+    pub report_server: Option<(String, u16)>,
+}
+
+/// Parses the `mesh` YAML; unknown keys are Istio's others and are left alone.
+pub fn mesh_config(text: &str) -> Result<MeshConfig, String> {
+    let docs = keel_config::yaml::parse_documents(text).map_err(|e| e.to_string())?;
+    let Some(v) = docs.into_iter().next().map(|d| d.value) else {
+        return Ok(MeshConfig::default());
+    };
+    if !v.is_object() {
+        return Err("expected a map of mesh settings".into());
+    }
+    let server = |key: &str| -> Result<Option<(String, u16)>, String> {
+        match v.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) if s.is_empty() => Ok(None),
+            Some(serde_json::Value::String(s)) => crate::server::parse_host_port(s)
+                .map(Some)
+                .map_err(|e| format!("{key}: {e}")),
+            Some(other) => Err(format!("{key}: expected HOST:PORT, got {other}")),
+        }
+    };
+    let disable_policy_checks = match v.get("disablePolicyChecks") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Bool(b)) => Some(*b),
+        Some(other) => {
+            return Err(format!(
+                "disablePolicyChecks: expected true or false, got {other}"
+            ));
+        }
+    };
+    Ok(MeshConfig {
+        disable_policy_checks,
+        check_server: server("mixerCheckServer")?,
+        report_server: server("mixerReportServer")?,
+    })
 }
 
 fn resources<M: prost::Message + prost::Name>(items: Vec<(String, M)>) -> Arc<TypeResources> {

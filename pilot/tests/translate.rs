@@ -579,6 +579,45 @@ fn policy_checks_every_inbound_request_naming_the_service() {
 }
 
 #[test]
+fn the_mesh_config_map_turns_policy_checks_off_and_on() {
+    let has_authz = |mesh: &Mesh| {
+        let snap = proxy_snapshot(mesh, &sidecar());
+        snap.types[CLUSTER_TYPE]
+            .resources
+            .contains_key("mixer_policy")
+    };
+    let cm = |mesh: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |-\n{}",
+            mesh.lines()
+                .map(|l| format!("    {l}\n"))
+                .collect::<String>()
+        )
+    };
+    let flag = Some(("10.88.0.1".to_owned(), 9091));
+    // The flag alone: on.
+    let (m, problem) = bookinfo(&[]).with_policy(flag.clone()).with_mesh_config();
+    assert!(has_authz(&m) && problem.is_none());
+    // Istio's switch in the ConfigMap wins over the flag.
+    let off = cm("disablePolicyChecks: true\nmixerReportServer: 10.88.0.1:9091");
+    let (m, problem) = bookinfo(&[&off])
+        .with_policy(flag.clone())
+        .with_mesh_config();
+    assert!(!has_authz(&m) && problem.is_none());
+    assert_eq!(m.telemetry, Some(("10.88.0.1".to_owned(), 9091)));
+    // Turned on by the ConfigMap alone, with its check server.
+    let on = cm("disablePolicyChecks: false\nmixerCheckServer: 10.0.0.9:9091");
+    let (m, _) = bookinfo(&[&on]).with_mesh_config();
+    assert_eq!(m.policy, Some(("10.0.0.9".to_owned(), 9091)));
+    assert!(has_authz(&m));
+    // A mesh config that does not parse changes nothing and says why.
+    let bad = cm("disablePolicyChecks: maybe");
+    let (m, problem) = bookinfo(&[&bad]).with_policy(flag).with_mesh_config();
+    assert!(has_authz(&m));
+    assert!(problem.is_some_and(|p| p.contains("disablePolicyChecks")));
+}
+
+#[test]
 fn https_gateway_servers_terminate_tls_with_their_certificate_files() {
     use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
