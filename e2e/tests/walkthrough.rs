@@ -1022,6 +1022,31 @@ fn policy(mesh: &Mesh, gw: &str) -> Result<()> {
         answer == "PERMISSION_DENIED:denyreviewsv3handler.denier.default:Not allowed 403",
         "reviews-v3 -> ratings: {answer}"
     );
+    // Istio's switch: disablePolicyChecks in the mesh config turns checks off (the rule
+    // stays but nobody asks), and back on.
+    let mesh_config = |disable: bool| -> Result<()> {
+        let out = mesh.keelctl(&["-n", "istio-system", "get", "cm", "istio", "-o", "json"])?;
+        ensure!(out.ok, "get cm istio: {}", out.stderr);
+        let mut cm: Value = serde_json::from_str(&out.stdout)?;
+        let text = cm["data"]["mesh"].as_str().unwrap_or_default().replace(
+            &format!("disablePolicyChecks: {}", !disable),
+            &format!("disablePolicyChecks: {disable}"),
+        );
+        cm["data"]["mesh"] = Value::from(text);
+        let file = std::env::temp_dir().join(format!("keel-e2e-mesh-{}.json", std::process::id()));
+        std::fs::write(&file, cm.to_string())?;
+        let applied = mesh.apply(&file);
+        let _ = std::fs::remove_file(&file);
+        applied
+    };
+    mesh_config(true)?;
+    settle(gw, "ratings back with policy checks off", 3, |p| {
+        variant(p) == Variant::V3
+    })?;
+    mesh_config(false)?;
+    settle(gw, "ratings denied again with checks on", 3, |p| {
+        p.contains("Ratings service is currently unavailable")
+    })?;
     mesh.delete(&deny)?;
     settle(gw, "ratings allowed again", 3, |p| {
         variant(p) == Variant::V3

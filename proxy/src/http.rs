@@ -263,6 +263,7 @@ impl Upstreams {
 /// Serves one downstream connection (HTTP/1.1, keep-alive).
 pub async fn serve_connection<S>(
     shared: Arc<Shared>,
+    listener: &str,
     hcm: Arc<HttpManager>,
     stream: S,
     peer: SocketAddr,
@@ -270,9 +271,22 @@ pub async fn serve_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let listener: Arc<str> = listener.into();
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
-        let hcm = hcm.clone();
+        // Each request takes the listener's connection manager as it is now, so a changed
+        // filter chain (policy checks turned off, access logs added) applies to requests on
+        // connections accepted before the change too; a removed listener keeps its last.
+        let hcm = match shared
+            .config
+            .borrow()
+            .listeners
+            .get(&*listener)
+            .map(|l| &l.filter)
+        {
+            Some(crate::model::NetworkFilter::Http(current)) => current.clone(),
+            _ => hcm.clone(),
+        };
         async move { Ok::<_, Infallible>(handle(shared, hcm, req, peer, local).await) }
     });
     // HTTP/1.1, or HTTP/2 when the connection starts with its preface (h2c prior knowledge,

@@ -143,7 +143,15 @@ async fn serve(
     match &listener.filter {
         NetworkFilter::Http(hcm) => match &listener.tls {
             None => {
-                crate::http::serve_connection(shared.clone(), hcm.clone(), stream, peer, dst).await
+                crate::http::serve_connection(
+                    shared.clone(),
+                    &listener.name,
+                    hcm.clone(),
+                    stream,
+                    peer,
+                    dst,
+                )
+                .await
             }
             Some(tls) => {
                 let acceptor = match shared.acceptors.get(tls) {
@@ -158,6 +166,7 @@ async fn serve(
                     Ok(tls_stream) => {
                         crate::http::serve_connection(
                             shared.clone(),
+                            &listener.name,
                             hcm.clone(),
                             tls_stream,
                             peer,
