@@ -1182,7 +1182,10 @@ async fn forward_with_retries(
             None => Attempt::NoEndpoint,
             Some((addr, size)) => {
                 picked = Some((addr, size));
-                in_flight = Some(shared.upstreams.track(&cluster.name, addr));
+                // Only LEAST_REQUEST reads the counts; others skip the bookkeeping.
+                if cluster.balancer == Balancer::LeastRequest {
+                    in_flight = Some(shared.upstreams.track(&cluster.name, addr));
+                }
                 entry.upstream_address = Some(addr);
                 let uri = format!("http://{addr}{path}");
                 match uri.parse::<hyper::Uri>() {
