@@ -727,19 +727,7 @@ async fn route_request(
             .headers
             .insert("te", HeaderValue::from_static("trailers"));
     }
-    for h in &route.request_headers_to_remove {
-        parts.headers.remove(h.as_str());
-    }
-    for (k, v) in &route.request_headers_to_add {
-        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
-            parts.headers.insert(k, v);
-        }
-    }
-    if let Some(h) = &forward.host_rewrite
-        && let Ok(v) = HeaderValue::from_str(h)
-    {
-        parts.headers.insert(hyper::header::HOST, v);
-    }
+    route_request_headers(&mut parts.headers, route, forward);
     let path = rewrite(&entry.path, route, forward);
     for m in &forward.mirrors {
         if hit(m.fraction) {
@@ -837,19 +825,7 @@ async fn websocket(
     };
     entry.upstream_address = Some(addr);
     let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-    for h in &route.request_headers_to_remove {
-        parts.headers.remove(h.as_str());
-    }
-    for (k, v) in &route.request_headers_to_add {
-        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
-            parts.headers.insert(k, v);
-        }
-    }
-    if let Some(h) = &forward.host_rewrite
-        && let Ok(v) = HeaderValue::from_str(h)
-    {
-        parts.headers.insert(hyper::header::HOST, v);
-    }
+    route_request_headers(&mut parts.headers, route, forward);
     let path = rewrite(&entry.path, route, forward);
     shared.stats.upstream_rq.inc();
     let mut upstream = match tokio::time::timeout(
@@ -1101,6 +1077,23 @@ fn mirror(
             let _ = r.into_body().collect().await;
         }
     });
+}
+
+/// The route's request header removals and additions, and its host rewrite.
+fn route_request_headers(headers: &mut HeaderMap, route: &Route, forward: &Forward) {
+    for h in &route.request_headers_to_remove {
+        headers.remove(h.as_str());
+    }
+    for (k, v) in &route.request_headers_to_add {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+            headers.insert(k, v);
+        }
+    }
+    if let Some(h) = &forward.host_rewrite
+        && let Ok(v) = HeaderValue::from_str(h)
+    {
+        headers.insert(hyper::header::HOST, v);
+    }
 }
 
 fn rewrite(path: &str, route: &Route, forward: &Forward) -> String {
