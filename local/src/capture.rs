@@ -7,9 +7,8 @@
 //! 15006, and the proxy's own traffic exempt by its group id, so its upstream connections
 //! leave the pod as they are.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// The group the sidecar runs as; its traffic is not captured.
 pub const PROXY_GID: u32 = 1337;
@@ -21,17 +20,8 @@ const SERVICES_POSTROUTING: &str = "KEEL-POSTROUTING";
 /// Filter chain refusing VIP traffic that no Service rule rewrote.
 const VIP_GUARD: &str = "KEEL-VIP-GUARD";
 
-#[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
-    #[error("cannot run `{command}`: {source} (is iptables installed? `apt-get install iptables`)")]
-    Spawn {
-        command: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("`{command}` failed: {stderr}")]
-    Failed { command: String, stderr: String },
-}
+/// How running iptables failed (shared with `keel-proxy init`).
+pub use keel_proxy::capture::CaptureError;
 
 /// The nat table of a pod with a sidecar, in iptables-restore form: keel-proxy's capture
 /// (what `keel-proxy init` applies in a Kubernetes pod), the proxy exempt by its group.
@@ -95,42 +85,7 @@ pub fn service_rules(ports: &[VirtualPort], subnet: (Ipv4Addr, u8), vip_range: &
     r
 }
 
-fn run(mut cmd: Command, input: Option<&str>) -> Result<(), CaptureError> {
-    let command = format!("{cmd:?}").replace('"', "");
-    cmd.stdin(if input.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| CaptureError::Spawn {
-        command: command.clone(),
-        source,
-    })?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|source| CaptureError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| CaptureError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(CaptureError::Failed {
-            command,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
-    }
-}
+use keel_proxy::capture::run_command as run;
 
 /// Installs the capture in a pod's namespace (`ip netns exec NS iptables-restore`).
 /// Replaces the nat table there, so applying twice is the same as once.

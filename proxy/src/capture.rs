@@ -103,20 +103,28 @@ pub enum CaptureError {
 /// Runs `program args` with `input` on stdin (`iptables-restore`, possibly behind
 /// `ip netns exec NS`).
 pub fn restore(program: &str, args: &[&str], input: &str) -> Result<(), CaptureError> {
-    let command = format!("{program} {}", args.join(" "));
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| CaptureError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    run_command(cmd, Some(input))
+}
+
+/// Runs `cmd`, feeding it `input` when given; a failure carries the command and its stderr.
+pub fn run_command(mut cmd: Command, input: Option<&str>) -> Result<(), CaptureError> {
+    let command = format!("{cmd:?}").replace('"', "");
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| CaptureError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
         stdin
-            .write_all(input.as_bytes())
+            .write_all(text.as_bytes())
             .map_err(|source| CaptureError::Spawn {
                 command: command.clone(),
                 source,
