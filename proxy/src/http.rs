@@ -4,8 +4,9 @@
 //!
 //! Answers keel-proxy makes itself use Envoy's status codes and bodies (`no healthy
 //! upstream`, `upstream request timeout`, `fault filter abort`, ...), since applications and
-//! tests look for them. HTTP/1.1 downstream and upstream; requests are buffered (up to 1 MiB,
-//! as Envoy's default buffer limit) so that retries can resend them.
+//! tests look for them. Request bodies stream upstream as they arrive, with a copy kept (up
+//! to 1 MiB, Envoy's default buffer limit) so that retries and mirrors can send them again
+//! (see [`crate::body`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -15,12 +16,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+
+use crate::body::{Outgoing, Replay};
+use crate::connect::Connector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::Shared;
@@ -35,7 +39,8 @@ use crate::outlier::{Detector, Outcome as OutlierOutcome};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
-const MAX_REQUEST_BODY: usize = 1 << 20;
+/// How much of a request body is kept for retries and mirrors (Envoy's default buffer limit).
+const MAX_BUFFERED_BODY: usize = 1 << 20;
 const RETRY_BASE: Duration = Duration::from_millis(25);
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -75,7 +80,8 @@ impl Drop for Active<'_> {
 #[derive(Debug, Default)]
 pub struct Upstreams {
     next: Mutex<HashMap<String, usize>>,
-    clients: Mutex<HashMap<String, Client<HttpConnector, Full<Bytes>>>>,
+    clients: Mutex<HashMap<String, Pool>>,
+    client_tls: crate::tls::ClientConfigs,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     pub outliers: Detector,
     /// Requests in flight per (cluster, endpoint), for LEAST_REQUEST.
@@ -85,6 +91,16 @@ pub struct Upstreams {
 }
 
 type RingEntry = (Vec<SocketAddr>, Arc<Vec<(u64, SocketAddr)>>);
+
+type UpstreamClient = Client<Connector, Outgoing>;
+
+/// A cluster's connection pool, with the TLS configuration it was built with (a rotated
+/// certificate file gives a new configuration, and so a new pool).
+#[derive(Debug)]
+struct Pool {
+    tls: Option<Arc<rustls::ClientConfig>>,
+    client: UpstreamClient,
+}
 
 /// One request in flight to an endpoint (counted while held).
 #[derive(Debug)]
@@ -125,6 +141,28 @@ impl Upstreams {
                 .filter_map(|(h, p)| Some(SocketAddr::new(h.parse().ok()?, *p)))
                 .collect(),
         }
+    }
+
+    /// A connection of its own to `addr` (TLS when the cluster says so), for upgraded
+    /// requests that leave the pool.
+    pub async fn connect(
+        &self,
+        cluster: &Cluster,
+        addr: SocketAddr,
+    ) -> Result<TokioIo<crate::connect::Upstream>, crate::body::BodyError> {
+        use tower_service::Service;
+        let tls = cluster
+            .tls
+            .as_ref()
+            .map(|t| self.client_tls.get(t))
+            .transpose()?;
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(cluster.connect_timeout));
+        tcp.set_nodelay(true);
+        let sni = cluster.tls.as_ref().map_or("", |t| t.sni.as_str());
+        let mut connector = Connector::new(tcp, tls.map(|c| (c, sni)));
+        let uri: hyper::Uri = format!("http://{addr}").parse()?;
+        Ok(TokioIo::new(connector.call(uri).await?))
     }
 
     /// An endpoint of `cluster` not ejected by outlier detection (all of them in panic), and
@@ -184,33 +222,50 @@ impl Upstreams {
         candidates.get(i).map(|a| (*a, size))
     }
 
-    fn client(&self, cluster: &Cluster) -> Client<HttpConnector, Full<Bytes>> {
+    /// The cluster's connection pool; an error when its TLS settings cannot be loaded.
+    fn client(&self, cluster: &Cluster) -> Result<UpstreamClient, crate::tls::TlsError> {
+        let tls = cluster
+            .tls
+            .as_ref()
+            .map(|t| self.client_tls.get(t))
+            .transpose()?;
         // Settings are part of the key: a changed cluster gets a pool of its own.
         let key = format!(
-            "{}|{}|{:?}|{:?}|{:?}",
+            "{}|{}|{:?}|{:?}|{:?}|{:?}",
             cluster.name,
             cluster.http2,
             cluster.connect_timeout,
             cluster.max_requests_per_connection,
-            cluster.idle_timeout
+            cluster.idle_timeout,
+            cluster.tls,
         );
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients
-            .entry(key)
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(cluster.connect_timeout));
-                connector.set_nodelay(true);
-                let mut builder = Client::builder(TokioExecutor::new());
-                builder.pool_idle_timeout(cluster.idle_timeout.unwrap_or(Duration::from_secs(60)));
-                // Clusters with HTTP/2 protocol options (gRPC services) speak h2c upstream.
-                builder.http2_only(cluster.http2);
-                if cluster.max_requests_per_connection == Some(1) {
-                    builder.pool_max_idle_per_host(0);
-                }
-                builder.build(connector)
-            })
-            .clone()
+        if let Some(pool) = clients.get(&key)
+            && pool.tls.as_ref().map(Arc::as_ptr) == tls.as_ref().map(Arc::as_ptr)
+        {
+            return Ok(pool.client.clone());
+        }
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(cluster.connect_timeout));
+        tcp.set_nodelay(true);
+        let sni = cluster.tls.as_ref().map_or("", |t| t.sni.as_str());
+        let connector = Connector::new(tcp, tls.clone().map(|c| (c, sni)));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(cluster.idle_timeout.unwrap_or(Duration::from_secs(60)));
+        // Clusters with HTTP/2 protocol options (gRPC services) speak HTTP/2 upstream.
+        builder.http2_only(cluster.http2);
+        if cluster.max_requests_per_connection == Some(1) {
+            builder.pool_max_idle_per_host(0);
+        }
+        let client = builder.build(connector);
+        clients.insert(
+            key,
+            Pool {
+                tls,
+                client: client.clone(),
+            },
+        );
+        Ok(client)
     }
 
     /// The cluster's ring for these endpoints (rebuilt when they change).
@@ -429,6 +484,7 @@ async fn handle(
     let _active = Active::enter(&shared.active);
     let config = shared.config.borrow().clone();
     let (mut parts, body) = req.into_parts();
+    let body = Replay::new(body, MAX_BUFFERED_BODY);
     // Request headers every proxy sets (Envoy: x-request-id, x-forwarded-proto; at the edge
     // also x-forwarded-for).
     if !parts.headers.contains_key("x-request-id")
@@ -517,9 +573,16 @@ async fn handle(
                         .cors
                         .as_ref()
                         .and_then(|c| Some((c, allowed_origin(c, &parts.headers)?)));
-                    let mut r =
-                        route_request(&shared, &config, route, parts, body, local, &mut entry)
-                            .await;
+                    let mut r = route_request(
+                        &shared,
+                        &config,
+                        route,
+                        parts,
+                        body.clone(),
+                        local,
+                        &mut entry,
+                    )
+                    .await;
                     if let Some((policy, origin)) = cors {
                         add_cors_headers(r.headers_mut(), policy, &origin, false);
                     }
@@ -543,6 +606,7 @@ async fn handle(
         entry: Some(entry),
         started,
         bytes: 0,
+        request: body,
     };
     response.map(move |b| {
         b.map_frame(move |frame| {
@@ -564,12 +628,14 @@ struct LogOnDone {
     entry: Option<HttpEntry>,
     started: Instant,
     bytes: u64,
+    request: Replay,
 }
 
 impl Drop for LogOnDone {
     fn drop(&mut self) {
         if let Some(mut entry) = self.entry.take() {
             entry.response_bytes = self.bytes;
+            entry.request_bytes = self.request.bytes_read();
             entry.duration = self.started.elapsed();
             self.shared.access_logs.log_http(&self.sink, entry);
         }
@@ -647,7 +713,7 @@ async fn route_request(
     config: &Config,
     route: &Route,
     mut parts: hyper::http::request::Parts,
-    body: Incoming,
+    body: Replay,
     local: SocketAddr,
     entry: &mut HttpEntry,
 ) -> Response<Body> {
@@ -708,11 +774,6 @@ async fn route_request(
         )
         .await;
     }
-    let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
-    };
-    entry.request_bytes = body.len() as u64;
     // `te: trailers` is end-to-end in practice: gRPC needs it to reach the server.
     let te_trailers = parts
         .headers
@@ -736,7 +797,7 @@ async fn route_request(
     }
     let (hash, set_cookie) = request_hash(&forward.hash_policy, &parts, entry.downstream_remote);
     let attempt = forward_with_retries(
-        shared, config, &cluster, forward, &parts, &path, body, local, hash, entry,
+        shared, config, &cluster, forward, &parts, &path, &body, local, hash, entry,
     );
     let mut response = match forward.timeout {
         Some(t) => match tokio::time::timeout(t, attempt).await {
@@ -828,14 +889,10 @@ async fn websocket(
     route_request_headers(&mut parts.headers, route, forward);
     let path = rewrite(&entry.path, route, forward);
     shared.stats.upstream_rq.inc();
-    let mut upstream = match tokio::time::timeout(
-        cluster.connect_timeout,
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        _ => {
+    let mut upstream = match shared.upstreams.connect(cluster, addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(cluster = %cluster.name, %addr, error = %e, "upstream connect failed");
             shared.stats.upstream_cx_fail.inc();
             return local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -843,7 +900,6 @@ async fn websocket(
             );
         }
     };
-    let _ = upstream.set_nodelay(true);
     let mut head = format!("{} {path} HTTP/1.1\r\n", parts.method);
     for (k, v) in &parts.headers {
         head.push_str(k.as_str());
@@ -892,7 +948,7 @@ async fn websocket(
             .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(0)
-            .min(MAX_REQUEST_BODY);
+            .min(MAX_BUFFERED_BODY);
         let mut body = rest;
         while body.len() < len {
             match upstream.read(&mut chunk).await {
@@ -1044,7 +1100,7 @@ fn mirror(
     m: &crate::model::Mirror,
     parts: &hyper::http::request::Parts,
     path: &str,
-    body: Bytes,
+    body: Replay,
     local: SocketAddr,
 ) {
     let Some(cluster) = config.clusters.get(&m.cluster) else {
@@ -1056,7 +1112,10 @@ fn mirror(
     let Ok(uri) = format!("http://{addr}{path}").parse::<hyper::Uri>() else {
         return;
     };
-    let mut up = Request::new(Full::new(body));
+    let Ok(client) = shared.upstreams.client(cluster) else {
+        return;
+    };
+    let mut up = Request::new(());
     *up.method_mut() = parts.method.clone();
     *up.uri_mut() = uri;
     *up.headers_mut() = parts.headers.clone();
@@ -1069,9 +1128,15 @@ fn mirror(
     {
         up.headers_mut().insert(hyper::header::HOST, v);
     }
-    let client = shared.upstreams.client(cluster);
     let timeout = cluster.connect_timeout + Duration::from_secs(30);
     tokio::spawn(async move {
+        // The copy goes once the request body is all here (and only if it was all kept:
+        // a body past the buffer limit is not mirrored, as Envoy's shadow is not sent then).
+        let Ok(Some((data, trailers))) = tokio::time::timeout(timeout, body.complete()).await
+        else {
+            return;
+        };
+        let up = up.map(|()| Outgoing::whole(data, trailers));
         if let Ok(Ok(r)) = tokio::time::timeout(timeout, client.request(up)).await {
             // Read the answer so the connection can be reused.
             let _ = r.into_body().collect().await;
@@ -1144,12 +1209,22 @@ async fn forward_with_retries(
     forward: &Forward,
     parts: &hyper::http::request::Parts,
     path: &str,
-    body: Bytes,
+    body: &Replay,
     local: SocketAddr,
     hash: Option<u64>,
     entry: &mut HttpEntry,
 ) -> Response<Body> {
-    let client = shared.upstreams.client(cluster);
+    let client = match shared.upstreams.client(cluster) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(cluster = %cluster.name, error = %e, "cannot set up TLS to the cluster");
+            shared.stats.upstream_cx_fail.inc();
+            return local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            );
+        }
+    };
     let breaker = shared.upstreams.breaker(cluster);
     let retries = forward.retry.as_ref().map(|r| r.num_retries).unwrap_or(0);
     let mut tries = 0;
@@ -1184,7 +1259,7 @@ async fn forward_with_retries(
                 match uri.parse::<hyper::Uri>() {
                     Err(_) => return local_reply(StatusCode::BAD_REQUEST, "bad request"),
                     Ok(uri) => {
-                        let mut up = Request::new(Full::new(body.clone()));
+                        let mut up = Request::new(Outgoing::Stream(body.attempt()));
                         *up.method_mut() = parts.method.clone();
                         *up.uri_mut() = uri;
                         *up.headers_mut() = parts.headers.clone();
@@ -1238,7 +1313,8 @@ async fn forward_with_retries(
             }
             (Attempt::Reset | Attempt::Timeout, Some(p)) => p.on_5xx || p.on_gateway_error,
         };
-        if retryable && tries < retries {
+        // A body that outgrew the retry buffer cannot be sent again.
+        if retryable && tries < retries && body.replayable() {
             if let Some(guard) = breaker.retry() {
                 tries += 1;
                 _retry = Some(guard);
@@ -1314,6 +1390,7 @@ mod tests {
             outlier: None,
             max_requests_per_connection: None,
             idle_timeout: None,
+            tls: None,
         };
         let up = Upstreams::default();
         let config = Config::default();

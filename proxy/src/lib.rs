@@ -16,9 +16,11 @@
 pub mod admin;
 pub mod als;
 pub mod authz;
+pub mod body;
 pub mod bootstrap;
 pub mod breaker;
 pub mod capture;
+pub mod connect;
 pub mod fuzzing;
 pub mod http;
 pub mod listen;

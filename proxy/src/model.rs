@@ -221,6 +221,162 @@ fn server_tls(
     })
 }
 
+/// TLS origination to a cluster's endpoints (a DestinationRule's SIMPLE or MUTUAL mode).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientTls {
+    /// Server name sent in the handshake; empty: none (Envoy sends SNI only when told).
+    pub sni: String,
+    /// Certificate and key presented to the server (MUTUAL).
+    pub client_certificate: Option<(Pem, Pem)>,
+    /// CA bundle the server's chain must lead to; `None`: the server is not verified, as
+    /// Envoy without a validation context.
+    pub trusted_ca: Option<Pem>,
+    /// DNS names one of which the server certificate must carry (with `trusted_ca`).
+    pub subject_alt_names: Vec<String>,
+    pub alpn: Vec<String>,
+}
+
+fn client_tls(
+    ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
+    resource: &str,
+) -> Result<ClientTls, Refused> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+    let field = "transport_socket";
+    if ts.name != "envoy.transport_sockets.tls" {
+        return Err(refuse(
+            resource,
+            &format!("{field}.name"),
+            format!(
+                "only envoy.transport_sockets.tls is supported, not {:?}",
+                ts.name
+            ),
+        ));
+    }
+    let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
+        return Err(refuse(resource, field, "no typed_config"));
+    };
+    let ctx: UpstreamTlsContext = decode(any, resource, field)?;
+    if ctx.allow_renegotiation || ctx.max_session_keys.is_some() || ctx.auto_host_sni {
+        return Err(unsupported(
+            resource,
+            &format!("{field}.allow_renegotiation/max_session_keys/auto_host_sni"),
+        ));
+    }
+    let common = ctx.common_tls_context.unwrap_or_default();
+    let f = format!("{field}.common_tls_context");
+    if !common.tls_certificate_sds_secret_configs.is_empty() {
+        return Err(refuse(
+            resource,
+            &format!("{f}.tls_certificate_sds_secret_configs"),
+            "certificates over SDS are not supported yet",
+        ));
+    }
+    if common.tls_params.is_some() {
+        return Err(unsupported(resource, &format!("{f}.tls_params")));
+    }
+    let client_certificate = match common.tls_certificates.as_slice() {
+        [] => None,
+        [cert] => Some((
+            pem(
+                cert.certificate_chain.as_ref(),
+                resource,
+                &format!("{f}.tls_certificates[0].certificate_chain"),
+            )?,
+            pem(
+                cert.private_key.as_ref(),
+                resource,
+                &format!("{f}.tls_certificates[0].private_key"),
+            )?,
+        )),
+        _ => {
+            return Err(refuse(
+                resource,
+                &format!("{f}.tls_certificates"),
+                "at most one client certificate is supported",
+            ));
+        }
+    };
+    let (mut trusted_ca, mut subject_alt_names) = (None, Vec::new());
+    match &common.validation_context_type {
+        None => {}
+        Some(ValidationContextType::ValidationContext(v)) => {
+            let vf = format!("{f}.validation_context");
+            if !v.verify_certificate_spki.is_empty()
+                || !v.verify_certificate_hash.is_empty()
+                || v.crl.is_some()
+                || v.allow_expired_certificate
+                || v.custom_validator_config.is_some()
+            {
+                return Err(unsupported(
+                    resource,
+                    &format!("{vf} (only trusted_ca and match_typed_subject_alt_names are)"),
+                ));
+            }
+            if v.trusted_ca.is_none() && !v.match_typed_subject_alt_names.is_empty() {
+                return Err(refuse(
+                    resource,
+                    &format!("{vf}.trusted_ca"),
+                    "subject alt names are checked only against a trusted CA",
+                ));
+            }
+            if v.trusted_ca.is_some() {
+                trusted_ca = Some(pem(
+                    v.trusted_ca.as_ref(),
+                    resource,
+                    &format!("{vf}.trusted_ca"),
+                )?);
+            }
+            for (i, m) in v.match_typed_subject_alt_names.iter().enumerate() {
+                let mf = format!("{vf}.match_typed_subject_alt_names[{i}]");
+                let exact = match m.matcher.as_ref().and_then(|m| m.match_pattern.as_ref()) {
+                    Some(MatchPattern::Exact(e))
+                        if !m.matcher.as_ref().is_some_and(|m| m.ignore_case) =>
+                    {
+                        e.clone()
+                    }
+                    _ => return Err(unsupported(resource, &format!("{mf}.matcher (only exact)"))),
+                };
+                if SanType::try_from(m.san_type) != Ok(SanType::Dns) {
+                    return Err(unsupported(resource, &format!("{mf}.san_type (only DNS)")));
+                }
+                if rustls_pki_types::ServerName::try_from(exact.as_str()).is_err() {
+                    return Err(refuse(
+                        resource,
+                        &mf,
+                        format!("{exact:?} is not a DNS name"),
+                    ));
+                }
+                subject_alt_names.push(exact);
+            }
+        }
+        Some(_) => {
+            return Err(refuse(
+                resource,
+                &format!("{f}.validation_context_type"),
+                "validation contexts over SDS are not supported yet",
+            ));
+        }
+    }
+    if !ctx.sni.is_empty() && rustls_pki_types::ServerName::try_from(ctx.sni.as_str()).is_err() {
+        return Err(refuse(
+            resource,
+            &format!("{field}.sni"),
+            format!("{:?} is not a server name", ctx.sni),
+        ));
+    }
+    Ok(ClientTls {
+        sni: ctx.sni,
+        client_certificate,
+        trusted_ca,
+        subject_alt_names,
+        alpn: common.alpn_protocols,
+    })
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum NetworkFilter {
     Http(Arc<HttpManager>),
@@ -1253,6 +1409,8 @@ pub struct Cluster {
     pub max_requests_per_connection: Option<u32>,
     /// How long an idle upstream connection is kept.
     pub idle_timeout: Option<Duration>,
+    /// TLS to the endpoints.
+    pub tls: Option<ClientTls>,
 }
 
 /// Circuit breaker thresholds, with Envoy's defaults.
@@ -1447,9 +1605,11 @@ pub fn cluster(c: &PbCluster) -> Result<Cluster, Refused> {
     };
     let limits = limits(c)?;
     let outlier = outlier(c)?;
-    if c.transport_socket.is_some() {
-        return Err(unsupported(name, "transport_socket (TLS origination)"));
-    }
+    let tls = c
+        .transport_socket
+        .as_ref()
+        .map(|ts| client_tls(ts, name))
+        .transpose()?;
     let mut http2 = false;
     let mut max_requests_per_connection = None;
     let mut idle_timeout = None;
@@ -1516,6 +1676,7 @@ pub fn cluster(c: &PbCluster) -> Result<Cluster, Refused> {
         outlier,
         max_requests_per_connection,
         idle_timeout,
+        tls,
     })
 }
 

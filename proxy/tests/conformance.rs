@@ -1,15 +1,20 @@
 //! Conformance: one table of scenarios (VirtualService through pilot + request -> expected
 //! status, body marker, backend reached, timing), run against real Envoy and keel-proxy as
 //! gateways fed by the same galley and pilot. Every row must pass on both. Then, on both:
-//! WebSocket upgrades (allowed and refused), consistent hashing (sticky by header), HTTP/2 (h2c downstream; gRPC through an HTTP/2
-//! cluster, statuses in trailers), CORS
-//! (preflight, simple request, other origin), mirroring (a copy to another backend,
-//! host suffixed `-shadow`), outlier detection (a
-//! failing endpoint ejected after one error, later requests all to the
-//! healthy one), a circuit breaker (one connection, one pending, the third request refused
-//! at once with the overflow answer), and 50 route changes under load without a failure.
+//! WebSocket upgrades (allowed and refused), consistent hashing (sticky by header), HTTP/2
+//! (h2c downstream; gRPC through an HTTP/2 cluster, statuses in trailers, a bidirectional
+//! stream answered message by message), request bodies (3 MiB uploads streamed with a
+//! length and chunked; a retried POST whole on every attempt), TLS origination (verified
+//! with SNI and a SAN, with a client certificate, unverified, wrong CA, wrong SAN), CORS
+//! (preflight, simple request, other origin), mirroring (a copy to another backend, host
+//! suffixed `-shadow`), outlier detection (a failing endpoint ejected after one error, later
+//! requests all to the healthy one), a circuit breaker (one connection, one pending, the
+//! third request refused at once with the overflow answer), and 50 route changes under load
+//! without a failure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -451,6 +456,46 @@ fn config(backend_port: u16, gateway_port: u16, grpc_port: u16) -> String {
     docs.join("---\n")
 }
 
+/// TLS origination, one host per DestinationRule setting, all to the HTTPS backend:
+/// verified with SNI and a SAN (`tls`), with a client certificate (`mtls`), unverified
+/// (`tlsany`), signed by another CA (`tlsbadca`), a SAN the certificate lacks (`tlsbadsan`).
+fn tls_config(backend_port: u16, certs: &support::Certs) -> String {
+    let (ca, other) = (certs.path("ca.pem"), certs.path("other-ca.pem"));
+    let (cert, key) = (certs.path("client.pem"), certs.path("client.key"));
+    let rules = [
+        (
+            "tls",
+            format!(
+                "{{mode: SIMPLE, caCertificates: {ca}, subjectAltNames: [tls.backend], sni: tls.backend}}"
+            ),
+        ),
+        (
+            "mtls",
+            format!(
+                "{{mode: MUTUAL, clientCertificate: {cert}, privateKey: {key}, caCertificates: {ca}}}"
+            ),
+        ),
+        ("tlsany", "{mode: SIMPLE}".to_owned()),
+        (
+            "tlsbadca",
+            format!("{{mode: SIMPLE, caCertificates: {other}}}"),
+        ),
+        (
+            "tlsbadsan",
+            format!("{{mode: SIMPLE, caCertificates: {ca}, subjectAltNames: [other.backend]}}"),
+        ),
+    ];
+    let mut docs = Vec::new();
+    for (name, tls) in rules {
+        docs.push(format!(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{name}.backend]\n  location: MESH_INTERNAL\n  ports: [{{number: {backend_port}, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.38}}]\n---\napiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  host: {name}.backend\n  trafficPolicy:\n    tls: {tls}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{name}.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{{destination: {{host: {name}.backend}}}}]\n"
+        ));
+    }
+    // A POST to the failing backend, retried: every attempt must carry the whole body.
+    docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: postretry, namespace: default}\nspec:\n  hosts: [postretry.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: fail.backend}}]\n    retries: {attempts: 2, perTryTimeout: 2s}\n".to_owned());
+    docs.join("---\n")
+}
+
 fn bootstrap(dir: &Path, pilot: SocketAddr, admin: u16) -> PathBuf {
     let socket = |ip: &str, port: u16| serde_json::json!({"socket_address": {"address": ip, "port_value": port}});
     let boot = serde_json::json!({
@@ -486,6 +531,8 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
         .unwrap();
     let backend_port = free_port();
     let fail_hits = Arc::new(AtomicUsize::new(0));
+    // The body size of each request the failing backend saw.
+    let fail_sizes: Arc<std::sync::Mutex<Vec<usize>>> = Arc::default();
     // (backend, Host) of every request for /mirrored.
     let mirrored: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
     rt.block_on(async {
@@ -494,6 +541,7 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
                 .await
                 .unwrap();
             let hits = fail_hits.clone();
+            let fail_sizes = fail_sizes.clone();
             let mirrored = mirrored.clone();
             tokio::spawn(keel_samples::http::serve(
                 l,
@@ -508,7 +556,7 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
                             .to_owned();
                         mirrored.lock().unwrap().push((name.to_owned(), host));
                     }
-                    let body = format!(
+                    let head = format!(
                         "backend={name} path={} x-added={}",
                         req.uri().path(),
                         req.headers()
@@ -516,10 +564,21 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("")
                     );
+                    let sizes = fail_sizes.clone();
                     async move {
+                        use http_body_util::BodyExt;
+                        let got = req.into_body().collect().await.map(|b| b.to_bytes().len());
+                        let body = match &got {
+                            Ok(n) => format!("{head} bytes={n}"),
+                            Err(e) => format!("{head} body-error={e}"),
+                        };
                         match name {
                             "slow" => tokio::time::sleep(Duration::from_secs(2)).await,
                             "fail" => {
+                                sizes
+                                    .lock()
+                                    .unwrap()
+                                    .push(*got.as_ref().unwrap_or(&usize::MAX));
                                 hits.fetch_add(1, Ordering::SeqCst);
                                 return keel_samples::http::json(
                                     hyper::StatusCode::SERVICE_UNAVAILABLE,
@@ -582,9 +641,17 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
                         GrpcBackend,
                     ),
                 )
+                .add_service(
+                    envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer::new(
+                        support::EchoStream,
+                    ),
+                )
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
         );
     });
+    // An HTTPS backend for TLS origination (certificates from openssl).
+    let certs = support::make_certs(&dir.join("certs"));
+    rt.block_on(support::tls_backend(&certs, ("127.0.0.38", backend_port)));
     let galley = rt
         .block_on(keel_galley::start(&keel_galley::Args {
             config_dir: dir.join("config"),
@@ -603,6 +670,18 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
             &[keel_galley::core::Source {
                 name: "conformance.yaml".into(),
                 text: config(backend_port, gateway_port, grpc_port),
+            }],
+            "default",
+            false,
+        )
+        .unwrap();
+    galley
+        .state
+        .galley
+        .apply(
+            &[keel_galley::core::Source {
+                name: "tls.yaml".into(),
+                text: tls_config(backend_port, &certs),
             }],
             "default",
             false,
@@ -804,6 +883,51 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
                 if s.code() == tonic::Code::PermissionDenied
                     && s.message() == "grpc backend says no" => {}
             other => failures.push(format!("{candidate} / grpc-status: {other:?}")),
+        }
+
+        // A bidirectional stream: each message answered before the next is sent.
+        match rt.block_on(support::grpc_ping_pong(gateway_port, "grpc.test")) {
+            Ok(seen) if seen == ["echo 1", "echo 2", "echo 3"] => {}
+            other => failures.push(format!("{candidate} / grpc-bidi-stream: {other:?}")),
+        }
+
+        // Request bodies: a 3 MiB upload (past the 1 MiB buffer) streams through whole, with
+        // a length and chunked; a retried POST carries its whole body on every attempt.
+        let big: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
+        for chunks in [None, Some(48)] {
+            let (status, body) =
+                support::post(gateway_port, "prefix.test", "/upload", &big, chunks);
+            if status != 200 || !body.contains(&format!("bytes={}", big.len())) {
+                failures.push(format!(
+                    "{candidate} / upload-3MiB (chunks {chunks:?}): {status} {:?}",
+                    body.chars().take(120).collect::<String>()
+                ));
+            }
+        }
+        fail_sizes.lock().unwrap().clear();
+        let (status, _) =
+            support::post(gateway_port, "postretry.test", "/", b"eleven-byte", Some(3));
+        let sizes = fail_sizes.lock().unwrap().clone();
+        if status != 503 || sizes != [11, 11, 11] {
+            failures.push(format!(
+                "{candidate} / post-retried: {status}, the failing backend saw bodies of {sizes:?}, want [11, 11, 11]"
+            ));
+        }
+
+        // TLS origination (DestinationRule tls modes).
+        for (host, status_want, marker) in [
+            ("tls.test", 200, "tls-backend sni=tls.backend client=none"),
+            ("mtls.test", 200, "tls-backend sni=none client=present"),
+            ("tlsany.test", 200, "tls-backend sni=none client=none"),
+            ("tlsbadca.test", 503, "upstream connect error"),
+            ("tlsbadsan.test", 503, "upstream connect error"),
+        ] {
+            let (status, _, body, _) = request(gateway_port, host, "/", &[]);
+            if status != status_want || !body.contains(marker) {
+                failures.push(format!(
+                    "{candidate} / tls-origination {host}: {status} {body:?}, want {status_want} with {marker:?}"
+                ));
+            }
         }
 
         // CORS: an allowed preflight is answered by the proxy; an allowed simple request

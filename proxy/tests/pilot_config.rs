@@ -167,12 +167,64 @@ fn every_walkthrough_config_converts_for_sidecars_and_the_gateway() {
 
 #[test]
 fn what_is_not_implemented_is_refused_with_the_field() {
-    let tls = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: ratings-tls}\nspec:\n  host: ratings\n  trafficPolicy: {tls: {mode: SIMPLE}}\n";
-    let err = convert(&mesh(&[], tls), PRODUCTPAGE).unwrap_err();
-    assert!(
-        err.contains("ratings") && err.contains("transport_socket"),
-        "{err}"
+    // TLS origination converts (SNI, CA, names, client certificate); TLS settings keel-proxy
+    // does not implement (certificates over SDS) are refused with the field.
+    let tls = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: ratings-tls}\nspec:\n  host: ratings\n  trafficPolicy: {tls: {mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem, subjectAltNames: [ratings.example], sni: ratings.example}}\n";
+    let c = convert(&mesh(&[], tls), PRODUCTPAGE).unwrap();
+    let ratings = c
+        .clusters
+        .values()
+        .find(|c| c.name == "outbound|9080||ratings.default.svc.cluster.local")
+        .expect("the ratings cluster");
+    assert_eq!(
+        ratings.tls,
+        Some(model::ClientTls {
+            sni: "ratings.example".into(),
+            client_certificate: Some((
+                model::Pem::File("/c.pem".into()),
+                model::Pem::File("/k.pem".into())
+            )),
+            trusted_ca: Some(model::Pem::File("/ca.pem".into())),
+            subject_alt_names: vec!["ratings.example".into()],
+            alpn: vec![],
+        })
     );
+    {
+        use envoy_types::pb::envoy::config::cluster::v3::Cluster as PbCluster;
+        use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+        use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+            CommonTlsContext, SdsSecretConfig, UpstreamTlsContext,
+        };
+        use prost::Name;
+        let ctx = UpstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
+                    name: "default".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pb = PbCluster {
+            name: "sds-cluster".into(),
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(ConfigType::TypedConfig(prost_types_any(
+                    UpstreamTlsContext::type_url(),
+                    prost::Message::encode_to_vec(&ctx),
+                ))),
+            }),
+            ..Default::default()
+        };
+        let err = model::cluster(&pb).unwrap_err();
+        assert_eq!(err.resource, "sds-cluster");
+        assert!(
+            err.field.contains("tls_certificate_sds_secret_configs"),
+            "{err}"
+        );
+    }
     // Consistent hashing converts: a ring-hash cluster, and the VirtualService route hashes
     // the header.
     let hash = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: ratings-hash}\nspec:\n  host: ratings\n  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: ratings}\nspec:\n  hosts: [ratings]\n  http:\n  - route: [{destination: {host: ratings}}]\n";
@@ -222,4 +274,8 @@ fn circuit_breakers_and_outlier_detection_convert_with_istios_numbers() {
     assert_eq!(od.enforcing_5xx, 100);
     assert_eq!(od.base_ejection_time, std::time::Duration::from_secs(180));
     assert_eq!(od.max_ejection_percent, 100);
+}
+
+fn prost_types_any(type_url: String, value: Vec<u8>) -> envoy_types::pb::google::protobuf::Any {
+    envoy_types::pb::google::protobuf::Any { type_url, value }
 }
