@@ -219,7 +219,8 @@ pub fn proxy_snapshot(mesh: &Mesh, proxy: &Proxy) -> XdsSnapshot {
         None => None,
     };
     let endpoints: Vec<ClusterLoadAssignment> = eds::assignments(reg, &rules);
-    let listeners: Vec<Listener> = lds::listeners(reg, &gateways, proxy, labels, logs, policy);
+    let listeners: Vec<Listener> =
+        lds::listeners(reg, &gateways, &vss, proxy, labels, logs, policy);
     let routes: Vec<RouteConfiguration> = match proxy.kind {
         ProxyKind::Sidecar => lds::sidecar_http_ports(reg)
             .into_iter()

@@ -650,11 +650,78 @@ fn https_gateway_servers_terminate_tls_with_their_certificate_files() {
         file(&cert.private_key),
         "/etc/istio/ingressgateway-certs/tls.key"
     );
+    // PASSTHROUGH with no tls route bound: nothing to forward, so no listener.
     assert!(
         !snap.types[LISTENER_TYPE]
             .resources
             .contains_key("0.0.0.0_8443"),
-        "PASSTHROUGH is not emitted yet"
     );
     let _: RouteConfiguration = decode(&snap, ROUTE_TYPE, "http.443");
+}
+
+#[test]
+fn gateways_pass_tls_through_by_sni_and_tell_https_servers_apart_by_name() {
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
+    let config = "apiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: edge, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 443, name: https-a, protocol: HTTPS}\n    tls: {mode: SIMPLE, serverCertificate: /a.crt, privateKey: /a.key}\n    hosts: [a.example.com]\n  - port: {number: 443, name: https-b, protocol: HTTPS}\n    tls: {mode: SIMPLE, serverCertificate: /b.crt, privateKey: /b.key}\n    hosts: [b.example.com]\n  - port: {number: 8443, name: tls, protocol: TLS}\n    tls: {mode: PASSTHROUGH}\n    hosts: [nginx.example.com]\n  - port: {number: 31400, name: tcp, protocol: TCP}\n    hosts: ['*']\n---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: l4, namespace: default}\nspec:\n  hosts: ['*']\n  gateways: [istio-system/edge]\n  tls:\n  - match: [{port: 8443, sniHosts: [nginx.example.com]}]\n    route: [{destination: {host: productpage, port: {number: 9080}}}]\n  tcp:\n  - match: [{port: 31400}]\n    route:\n    - {destination: {host: reviews, subset: v1}, weight: 0}\n    - {destination: {host: ratings}, weight: 100}\n";
+    let gw =
+        Proxy::parse("router~10.0.0.100~gw.istio-system~istio-system.svc.cluster.local").unwrap();
+    let snap = proxy_snapshot(&bookinfo(&[config]), &gw);
+    let tcp_cluster = |l: &Listener, i: usize| {
+        let f = &l.filter_chains[i].filters[0];
+        let Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(
+            any,
+        )) = &f.config_type
+        else {
+            panic!("no typed config")
+        };
+        match TcpProxy::decode(any.value.as_slice())
+            .unwrap()
+            .cluster_specifier
+        {
+            Some(ClusterSpecifier::Cluster(c)) => c,
+            other => panic!("{other:?}"),
+        }
+    };
+    // Two HTTPS servers on 443: a chain per server, chosen by SNI, each with its certificate.
+    let https: Listener = decode(&snap, LISTENER_TYPE, "0.0.0.0_443");
+    assert_eq!(
+        https.listener_filters[0].name,
+        "envoy.filters.listener.tls_inspector"
+    );
+    let names: Vec<Vec<String>> = https
+        .filter_chains
+        .iter()
+        .map(|c| c.filter_chain_match.clone().unwrap().server_names)
+        .collect();
+    assert_eq!(names, [["a.example.com"], ["b.example.com"]]);
+    assert!(
+        https
+            .filter_chains
+            .iter()
+            .all(|c| c.transport_socket.is_some())
+    );
+    // PASSTHROUGH: the SNI picks the chain, which proxies TCP to the route's destination.
+    let pass: Listener = decode(&snap, LISTENER_TYPE, "0.0.0.0_8443");
+    assert_eq!(pass.listener_filters.len(), 1);
+    assert_eq!(
+        pass.filter_chains[0]
+            .filter_chain_match
+            .clone()
+            .unwrap()
+            .server_names,
+        ["nginx.example.com"]
+    );
+    assert!(pass.filter_chains[0].transport_socket.is_none());
+    assert_eq!(
+        tcp_cluster(&pass, 0),
+        "outbound|9080||productpage.default.svc.cluster.local"
+    );
+    // TCP: the zero-weight destination is left out (Envoy takes weights of 1 or more).
+    let tcp: Listener = decode(&snap, LISTENER_TYPE, "0.0.0.0_31400");
+    assert!(tcp.listener_filters.is_empty());
+    assert_eq!(
+        tcp_cluster(&tcp, 0),
+        "outbound|9080||ratings.default.svc.cluster.local"
+    );
 }

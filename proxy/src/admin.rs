@@ -216,16 +216,45 @@ pub fn config_dump(c: &Config) -> Value {
         .listeners
         .values()
         .map(|l| {
-            let filter = match &l.filter {
-                NetworkFilter::Http(_) => "envoy.filters.network.http_connection_manager",
-                NetworkFilter::Tcp(_) => "envoy.filters.network.tcp_proxy",
+            let chains: Vec<Value> = l
+                .chains
+                .iter()
+                .map(|c| {
+                    let filter = match &c.filter {
+                        NetworkFilter::Http(_) => "envoy.filters.network.http_connection_manager",
+                        NetworkFilter::Tcp(_) => "envoy.filters.network.tcp_proxy",
+                    };
+                    let mut m = serde_json::Map::new();
+                    if let Some(p) = c.matcher.destination_port {
+                        m.insert("destination_port".into(), json!(p));
+                    }
+                    if !c.matcher.server_names.is_empty() {
+                        m.insert("server_names".into(), json!(c.matcher.server_names));
+                    }
+                    if let Some(t) = &c.matcher.transport_protocol {
+                        m.insert("transport_protocol".into(), json!(t));
+                    }
+                    if !c.matcher.application_protocols.is_empty() {
+                        m.insert(
+                            "application_protocols".into(),
+                            json!(c.matcher.application_protocols),
+                        );
+                    }
+                    json!({"filter_chain_match": m, "filters": [{"name": filter}]})
+                })
+                .collect();
+            let listener_filters: Vec<Value> = if l.inspect_tls {
+                vec![json!({"name": "envoy.filters.listener.tls_inspector"})]
+            } else {
+                Vec::new()
             };
             json!({"name": l.name, "active_state": {"listener": {
                 "name": l.name,
                 "address": socket(l.address),
                 "bind_to_port": l.bind,
                 "use_original_dst": l.use_original_dst,
-                "filter_chains": [{"filters": [{"name": filter}]}],
+                "listener_filters": listener_filters,
+                "filter_chains": chains,
             }}})
         })
         .collect();

@@ -153,3 +153,14 @@ pub fn http_edge(data: &[u8]) {
         let _ = crate::http::request_hash(&policies, &p, peer);
     }
 }
+
+/// The TLS inspector's ClientHello reader: any bytes, never a panic; a longer read of the
+/// same connection never un-sees TLS it already saw.
+pub fn tls_hello(data: &[u8]) {
+    let whole = crate::inspect::client_hello(data);
+    let cut = data.len() / 2;
+    let half = crate::inspect::client_hello(&data[..cut]);
+    if let crate::inspect::Hello::Tls { .. } = half {
+        assert_eq!(half, whole, "more bytes changed a complete ClientHello");
+    }
+}

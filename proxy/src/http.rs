@@ -319,6 +319,7 @@ impl Upstreams {
 pub async fn serve_connection<S>(
     shared: Arc<Shared>,
     listener: &str,
+    chain: &crate::model::ChainMatch,
     hcm: Arc<HttpManager>,
     stream: S,
     peer: SocketAddr,
@@ -327,6 +328,7 @@ pub async fn serve_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let listener: Arc<str> = listener.into();
+    let chain = Arc::new(chain.clone());
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         // Each request takes the listener's connection manager as it is now, so a changed
@@ -337,7 +339,8 @@ pub async fn serve_connection<S>(
             .borrow()
             .listeners
             .get(&*listener)
-            .map(|l| &l.filter)
+            .and_then(|l| l.chains.iter().find(|c| c.matcher == *chain))
+            .map(|c| &c.filter)
         {
             Some(crate::model::NetworkFilter::Http(current)) => current.clone(),
             _ => hcm.clone(),

@@ -23,6 +23,7 @@ pub mod capture;
 pub mod connect;
 pub mod fuzzing;
 pub mod http;
+pub mod inspect;
 pub mod listen;
 pub mod model;
 pub mod outlier;

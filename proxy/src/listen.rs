@@ -9,10 +9,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::Shared;
+use crate::inspect::{Hello, MAX_HELLO, Seen, choose, client_hello};
 use crate::model::{Config, Listener, NetworkFilter};
 
 /// The original destination of a connection redirected by iptables (SO_ORIGINAL_DST).
@@ -131,6 +133,44 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, name: String) {
     }
 }
 
+/// What the TLS inspector sees on `stream`, waiting up to 15 s for the first bytes (Envoy's
+/// listener filter timeout). A connection that says nothing in time, or is not TLS, is
+/// matched as plain.
+async fn inspect(stream: &TcpStream) -> Seen {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut buf = vec![0u8; 4096];
+    let mut had = 0;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return Seen::default(),
+        };
+        match client_hello(&buf[..n]) {
+            Hello::Tls { server_name, alpn } => {
+                return Seen {
+                    tls: true,
+                    server_name,
+                    alpn,
+                };
+            }
+            Hello::NotTls => return Seen::default(),
+            Hello::NeedMore if n == buf.len() => {
+                if buf.len() >= MAX_HELLO {
+                    return Seen::default();
+                }
+                buf.resize((buf.len() * 2).min(MAX_HELLO), 0);
+            }
+            Hello::NeedMore => {
+                // peek returns what is queued at once; wait a little for the rest.
+                if n == had {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                had = n;
+            }
+        }
+    }
+}
+
 async fn serve(
     shared: Arc<Shared>,
     config: Arc<Config>,
@@ -140,12 +180,23 @@ async fn serve(
     dst: SocketAddr,
 ) {
     shared.stats.downstream_cx.inc();
-    match &listener.filter {
-        NetworkFilter::Http(hcm) => match &listener.tls {
+    let seen = if listener.inspect_tls {
+        inspect(&stream).await
+    } else {
+        Seen::default()
+    };
+    let Some(chain) = choose(&listener.chains, dst.port(), &seen) else {
+        shared.stats.no_filter_chain.inc();
+        tracing::debug!(listener = %listener.name, ?seen, "no filter chain matches; closing");
+        return;
+    };
+    match &chain.filter {
+        NetworkFilter::Http(hcm) => match &chain.tls {
             None => {
                 crate::http::serve_connection(
                     shared.clone(),
                     &listener.name,
+                    &chain.matcher,
                     hcm.clone(),
                     stream,
                     peer,
@@ -167,6 +218,7 @@ async fn serve(
                         crate::http::serve_connection(
                             shared.clone(),
                             &listener.name,
+                            &chain.matcher,
                             hcm.clone(),
                             tls_stream,
                             peer,
@@ -181,30 +233,126 @@ async fn serve(
                 }
             }
         },
-        NetworkFilter::Tcp(tcp) => {
-            let Some(cluster) = config.clusters.get(&tcp.cluster).cloned() else {
-                tracing::debug!(cluster = %tcp.cluster, "tcp proxy: no such cluster");
-                return;
-            };
-            let Some((upstream, _)) = shared.upstreams.pick(&config, &cluster, dst, None) else {
-                tracing::debug!(cluster = %tcp.cluster, "tcp proxy: no endpoint");
-                return;
-            };
-            // TCP connections do not wait: past max_connections they are closed (Envoy's
-            // upstream_cx_overflow).
-            let Some(_admitted) = shared.upstreams.breaker(&cluster).try_admit() else {
-                shared.stats.upstream_overflow.inc();
-                return;
-            };
-            let connect =
-                tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(upstream));
-            let Ok(Ok(mut up)) = connect.await else {
-                shared.stats.upstream_cx_fail.inc();
-                return;
-            };
-            let _ = up.set_nodelay(true);
-            let mut down = stream;
-            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+        NetworkFilter::Tcp(tcp) => tcp_proxy(&shared, &config, tcp, stream, dst).await,
+    }
+}
+
+/// Envoy's tcp_proxy: a cluster by weight, an endpoint, then bytes both ways until either
+/// side closes or nothing moves for the idle timeout.
+async fn tcp_proxy(
+    shared: &Shared,
+    config: &Config,
+    tcp: &crate::model::TcpProxy,
+    mut down: TcpStream,
+    dst: SocketAddr,
+) {
+    let name = crate::http::pick_weighted(&tcp.clusters);
+    let Some(cluster) = config.clusters.get(&name).cloned() else {
+        tracing::debug!(cluster = %name, "tcp proxy: no such cluster");
+        return;
+    };
+    let Some((upstream, _)) = shared.upstreams.pick(config, &cluster, dst, None) else {
+        tracing::debug!(cluster = %name, "tcp proxy: no endpoint");
+        return;
+    };
+    // TCP connections do not wait: past max_connections they are closed (Envoy's
+    // upstream_cx_overflow).
+    let Some(_admitted) = shared.upstreams.breaker(&cluster).try_admit() else {
+        shared.stats.upstream_overflow.inc();
+        return;
+    };
+    let mut up = match shared.upstreams.connect(&cluster, upstream).await {
+        Ok(up) => up,
+        Err(e) => {
+            shared.stats.upstream_cx_fail.inc();
+            tracing::debug!(cluster = %name, %upstream, error = %e, "tcp proxy: connect failed");
+            return;
         }
+    };
+    let Some(idle) = tcp.idle_timeout else {
+        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+        return;
+    };
+    let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = tokio::time::Instant::now();
+    let mut down = Tracked {
+        inner: down,
+        activity: activity.clone(),
+        started,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+    tokio::pin!(copy);
+    loop {
+        let last = Duration::from_millis(activity.load(std::sync::atomic::Ordering::Relaxed));
+        tokio::select! {
+            _ = &mut copy => return,
+            _ = tokio::time::sleep_until(started + last + idle) => {
+                let now = Duration::from_millis(activity.load(std::sync::atomic::Ordering::Relaxed));
+                if now == last {
+                    shared.stats.tcp_idle_timeouts.inc();
+                    tracing::debug!(cluster = %name, "tcp proxy: idle timeout");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A downstream stream that notes when bytes last moved either way (milliseconds since
+/// `started`), for the idle timeout.
+struct Tracked {
+    inner: TcpStream,
+    activity: Arc<std::sync::atomic::AtomicU64>,
+    started: tokio::time::Instant,
+}
+
+impl Tracked {
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.activity
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl tokio::io::AsyncRead for Tracked {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -130,9 +130,31 @@ pub struct Listener {
     pub bind: bool,
     /// Hand each accepted connection to the listener of its original destination.
     pub use_original_dst: bool,
+    /// Read the TLS ClientHello (server name, ALPN) before choosing a chain (Envoy's TLS
+    /// inspector listener filter).
+    pub inspect_tls: bool,
+    /// In Envoy's order; a connection takes the most specific one that matches.
+    pub chains: Vec<FilterChain>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FilterChain {
+    pub matcher: ChainMatch,
     /// TLS termination (a gateway's HTTPS server).
     pub tls: Option<ServerTls>,
     pub filter: NetworkFilter,
+}
+
+/// Envoy's `filter_chain_match`, the criteria keel-proxy implements (an empty criterion
+/// matches every connection).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChainMatch {
+    pub destination_port: Option<u16>,
+    /// Exact names, or `*.suffix` wildcards.
+    pub server_names: Vec<String>,
+    /// `tls` or `raw_buffer`.
+    pub transport_protocol: Option<String>,
+    pub application_protocols: Vec<String>,
 }
 
 /// A certificate or key: a file, or the PEM inline.
@@ -170,10 +192,10 @@ fn pem(
 fn server_tls(
     ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
     resource: &str,
+    field: &str,
 ) -> Result<ServerTls, Refused> {
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
-    let field = "filter_chains[0].transport_socket";
     let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
         return Err(refuse(resource, field, "no typed_config"));
     };
@@ -427,7 +449,10 @@ pub enum RouteSource {
 #[derive(Clone, Debug, PartialEq)]
 pub struct TcpProxy {
     pub stat_prefix: String,
-    pub cluster: String,
+    /// Clusters and weights (one with weight 1 unless weighted).
+    pub clusters: Vec<(String, u32)>,
+    /// Closed after this long without a byte either way.
+    pub idle_timeout: Option<Duration>,
     pub access_log: Option<AccessLogSink>,
 }
 
@@ -527,59 +552,210 @@ fn access_log(
     Ok(sink)
 }
 
+const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+
 pub fn listener(l: &PbListener) -> Result<Listener, Refused> {
     let name = l.name.as_str();
     let address = socket_address(l.address.as_ref(), name, "address")?;
-    if !l.listener_filters.is_empty() {
-        return Err(unsupported(name, "listener_filters"));
+    let mut inspect_tls = false;
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType;
+        use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+        let field = format!("listener_filters[{i}]");
+        match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) if any.type_url == TlsInspector::type_url() => {
+                let t: TlsInspector = decode(any, name, &field)?;
+                if t != TlsInspector::default() {
+                    return Err(unsupported(name, &format!("{field} (settings)")));
+                }
+            }
+            None if f.name == TLS_INSPECTOR => {}
+            _ => {
+                return Err(refuse(
+                    name,
+                    &field,
+                    format!("only the TLS inspector is supported, not {:?}", f.name),
+                ));
+            }
+        }
+        if f.filter_disabled.is_some() {
+            return Err(unsupported(name, &format!("{field}.filter_disabled")));
+        }
+        inspect_tls = true;
     }
-    let [chain] = l.filter_chains.as_slice() else {
-        return Err(refuse(
-            name,
-            "filter_chains",
-            "exactly one filter chain is supported",
-        ));
+    if l.filter_chains.is_empty() {
+        return Err(refuse(name, "filter_chains", "no filter chain"));
+    }
+    if l.default_filter_chain.is_some() {
+        return Err(unsupported(name, "default_filter_chain"));
+    }
+    let mut chains: Vec<FilterChain> = Vec::with_capacity(l.filter_chains.len());
+    for (i, chain) in l.filter_chains.iter().enumerate() {
+        let chain = filter_chain(chain, name, &format!("filter_chains[{i}]"))?;
+        if chains.iter().any(|c| c.matcher == chain.matcher) {
+            // Envoy refuses the listener too: the second chain could never be chosen.
+            return Err(refuse(
+                name,
+                &format!("filter_chains[{i}].filter_chain_match"),
+                "the same match as an earlier filter chain",
+            ));
+        }
+        let needs_inspector = !chain.matcher.server_names.is_empty()
+            || !chain.matcher.application_protocols.is_empty()
+            || chain.matcher.transport_protocol.as_deref() == Some("tls");
+        if needs_inspector && !inspect_tls {
+            return Err(refuse(
+                name,
+                &format!("filter_chains[{i}].filter_chain_match"),
+                "server names, ALPN and transport protocol need the TLS inspector listener filter",
+            ));
+        }
+        chains.push(chain);
+    }
+    Ok(Listener {
+        name: name.to_owned(),
+        address,
+        bind: l.bind_to_port.as_ref().is_none_or(|b| b.value),
+        use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
+        inspect_tls,
+        chains,
+    })
+}
+
+fn chain_match(
+    m: Option<&envoy_types::pb::envoy::config::listener::v3::FilterChainMatch>,
+    name: &str,
+    field: &str,
+) -> Result<ChainMatch, Refused> {
+    let Some(m) = m else {
+        return Ok(ChainMatch::default());
     };
-    if chain.filter_chain_match.is_some() {
-        return Err(unsupported(name, "filter_chains[0].filter_chain_match"));
+    let f = format!("{field}.filter_chain_match");
+    if !m.prefix_ranges.is_empty()
+        || !m.direct_source_prefix_ranges.is_empty()
+        || !m.source_prefix_ranges.is_empty()
+        || !m.source_ports.is_empty()
+        || m.source_type != 0
+        || !m.address_suffix.is_empty()
+        || m.suffix_len.is_some()
+        || m.destination_port.as_ref().is_some_and(|p| p.value > 65535)
+    {
+        return Err(unsupported(
+            name,
+            &format!(
+                "{f} (only destination_port, server_names, transport_protocol and application_protocols are)"
+            ),
+        ));
     }
+    for (i, n) in m.server_names.iter().enumerate() {
+        let bare = n.strip_prefix("*.").unwrap_or(n);
+        if bare.is_empty() || bare.contains('*') {
+            return Err(refuse(
+                name,
+                &format!("{f}.server_names[{i}]"),
+                format!("{n:?} is not a name or a *.suffix wildcard"),
+            ));
+        }
+    }
+    Ok(ChainMatch {
+        destination_port: m.destination_port.as_ref().map(|p| p.value as u16),
+        server_names: m
+            .server_names
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect(),
+        transport_protocol: (!m.transport_protocol.is_empty())
+            .then(|| m.transport_protocol.clone()),
+        application_protocols: m.application_protocols.clone(),
+    })
+}
+
+fn filter_chain(
+    chain: &envoy_types::pb::envoy::config::listener::v3::FilterChain,
+    name: &str,
+    field: &str,
+) -> Result<FilterChain, Refused> {
+    let matcher = chain_match(chain.filter_chain_match.as_ref(), name, field)?;
     let tls = chain
         .transport_socket
         .as_ref()
-        .map(|ts| server_tls(ts, name))
+        .map(|ts| server_tls(ts, name, &format!("{field}.transport_socket")))
         .transpose()?;
     let [filter] = chain.filters.as_slice() else {
         return Err(refuse(
             name,
-            "filter_chains[0].filters",
+            &format!("{field}.filters"),
             "exactly one network filter is supported",
         ));
     };
     let Some(FilterConfig::TypedConfig(any)) = &filter.config_type else {
         return Err(refuse(
             name,
-            "filter_chains[0].filters[0]",
+            &format!("{field}.filters[0]"),
             "no typed_config",
         ));
     };
-    let field = "filter_chains[0].filters[0].typed_config";
+    let field = format!("{field}.filters[0].typed_config");
+    let field = field.as_str();
     let filter = if any.type_url == HttpConnectionManager::type_url() {
         NetworkFilter::Http(Arc::new(http_manager(
             &decode::<HttpConnectionManager>(any, name, field)?,
             name,
+            field,
         )?))
     } else if any.type_url == PbTcpProxy::type_url() {
         let t: PbTcpProxy = decode(any, name, field)?;
-        let cluster = match t.cluster_specifier {
-            Some(TcpClusterSpecifier::Cluster(c)) => c,
-            _ => return Err(unsupported(name, &format!("{field}.weighted_clusters"))),
+        let clusters = match t.cluster_specifier {
+            Some(TcpClusterSpecifier::Cluster(c)) => vec![(c, 1)],
+            Some(TcpClusterSpecifier::WeightedClusters(w)) => {
+                if w.clusters.iter().any(|c| c.metadata_match.is_some()) {
+                    return Err(unsupported(
+                        name,
+                        &format!("{field}.weighted_clusters.metadata_match"),
+                    ));
+                }
+                let clusters: Vec<(String, u32)> =
+                    w.clusters.into_iter().map(|c| (c.name, c.weight)).collect();
+                if clusters.iter().any(|(_, w)| *w == 0) {
+                    // As Envoy's validation: every TCP weight is 1 or more.
+                    return Err(refuse(
+                        name,
+                        &format!("{field}.weighted_clusters"),
+                        "a weight is zero (each must be at least 1)",
+                    ));
+                }
+                clusters
+            }
+            _ => {
+                return Err(refuse(
+                    name,
+                    &format!("{field}.cluster_specifier"),
+                    "no cluster",
+                ));
+            }
         };
-        if t.idle_timeout.is_some() || t.max_connect_attempts.is_some() {
-            return Err(unsupported(name, &format!("{field}.idle_timeout")));
+        if t.max_connect_attempts.is_some()
+            || t.metadata_match.is_some()
+            || t.tunneling_config.is_some()
+            || !t.hash_policy.is_empty()
+        {
+            return Err(unsupported(
+                name,
+                &format!(
+                    "{field} (only cluster, weighted_clusters, idle_timeout and access_log are)"
+                ),
+            ));
         }
         NetworkFilter::Tcp(TcpProxy {
             stat_prefix: t.stat_prefix,
-            cluster,
+            clusters,
+            // Envoy's default: an hour without a byte either way closes the connection;
+            // zero turns the timeout off.
+            idle_timeout: match &t.idle_timeout {
+                None => Some(Duration::from_secs(3600)),
+                Some(d) if duration(d).is_zero() => None,
+                Some(d) => Some(duration(d)),
+            },
             access_log: access_log(&t.access_log, name, &format!("{field}.access_log"), false)?,
         })
     } else {
@@ -592,21 +768,21 @@ pub fn listener(l: &PbListener) -> Result<Listener, Refused> {
     if tls.is_some() && matches!(filter, NetworkFilter::Tcp(_)) {
         return Err(unsupported(
             name,
-            "filter_chains[0].transport_socket with tcp_proxy",
+            &format!("{field} (transport_socket with tcp_proxy)"),
         ));
     }
-    Ok(Listener {
-        name: name.to_owned(),
-        address,
+    Ok(FilterChain {
+        matcher,
         tls,
-        bind: l.bind_to_port.as_ref().is_none_or(|b| b.value),
-        use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
         filter,
     })
 }
 
-fn http_manager(m: &HttpConnectionManager, name: &str) -> Result<HttpManager, Refused> {
-    let field = "filter_chains[0].filters[0].typed_config";
+fn http_manager(
+    m: &HttpConnectionManager,
+    name: &str,
+    field: &str,
+) -> Result<HttpManager, Refused> {
     let mut ext_authz = None;
     for (i, f) in m.http_filters.iter().enumerate() {
         let filter_field = format!("{field}.http_filters[{i}]");

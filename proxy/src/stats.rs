@@ -25,6 +25,8 @@ pub struct Stats {
     pub listener_errors: Counter,
     pub access_logs_dropped: Counter,
     pub tls_errors: Counter,
+    pub no_filter_chain: Counter,
+    pub tcp_idle_timeouts: Counter,
     pub upstream_overflow: Counter,
     pub upstream_retry_overflow: Counter,
     pub outlier_ejections: Counter,
@@ -66,6 +68,14 @@ impl Default for Stats {
         let tls_errors = counter(
             "listener_ssl_errors",
             "TLS handshakes or certificates that failed",
+        );
+        let no_filter_chain = counter(
+            "listener_no_filter_chain_match",
+            "Connections no filter chain matched (closed)",
+        );
+        let tcp_idle_timeouts = counter(
+            "tcp_idle_timeout",
+            "TCP proxy connections closed after the idle timeout",
         );
         let upstream_overflow = counter(
             "cluster_upstream_rq_pending_overflow",
@@ -109,6 +119,8 @@ impl Default for Stats {
             listener_errors,
             access_logs_dropped,
             tls_errors,
+            no_filter_chain,
+            tcp_idle_timeouts,
             upstream_overflow,
             upstream_retry_overflow,
             outlier_ejections,

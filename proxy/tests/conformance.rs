@@ -459,7 +459,7 @@ fn config(backend_port: u16, gateway_port: u16, grpc_port: u16) -> String {
 /// TLS origination, one host per DestinationRule setting, all to the HTTPS backend:
 /// verified with SNI and a SAN (`tls`), with a client certificate (`mtls`), unverified
 /// (`tlsany`), signed by another CA (`tlsbadca`), a SAN the certificate lacks (`tlsbadsan`).
-fn tls_config(backend_port: u16, certs: &support::Certs) -> String {
+fn tls_config(backend_port: u16, certs: &support::Certs, l4: (u16, u16)) -> String {
     let (ca, other) = (certs.path("ca.pem"), certs.path("other-ca.pem"));
     let (cert, key) = (certs.path("client.pem"), certs.path("client.key"));
     let rules = [
@@ -491,6 +491,12 @@ fn tls_config(backend_port: u16, certs: &support::Certs) -> String {
             "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{name}.backend]\n  location: MESH_INTERNAL\n  ports: [{{number: {backend_port}, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.38}}]\n---\napiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  host: {name}.backend\n  trafficPolicy:\n    tls: {tls}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{name}.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{{destination: {{host: {name}.backend}}}}]\n"
         ));
     }
+    // Layer 4 on the gateway: TLS passed through by SNI (to the HTTPS backend, whose
+    // certificate names tls.backend), and TCP proxied with weights.
+    let (pass_port, tcp_port) = l4;
+    docs.push(format!("apiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {{name: gw-l4, namespace: istio-system}}\nspec:\n  selector: {{istio: conformance}}\n  servers:\n  - port: {{number: {pass_port}, name: tls, protocol: TLS}}\n    hosts: [tls.backend]\n    tls: {{mode: PASSTHROUGH}}\n  - port: {{number: {tcp_port}, name: tcp, protocol: TCP}}\n    hosts: ['*']\n"));
+    docs.push(format!("apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: pass, namespace: default}}\nspec:\n  hosts: [pass.backend]\n  location: MESH_INTERNAL\n  ports: [{{number: {backend_port}, name: tls, protocol: TLS}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.38}}]\n"));
+    docs.push(format!("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: l4, namespace: default}}\nspec:\n  hosts: ['*']\n  gateways: [istio-system/gw-l4]\n  tls:\n  - match: [{{port: {pass_port}, sniHosts: [tls.backend]}}]\n    route: [{{destination: {{host: pass.backend, port: {{number: {backend_port}}}}}}}]\n  tcp:\n  - match: [{{port: {tcp_port}}}]\n    route:\n    - {{destination: {{host: a.backend, port: {{number: {backend_port}}}}}, weight: 0}}\n    - {{destination: {{host: b.backend, port: {{number: {backend_port}}}}}, weight: 100}}\n"));
     // A POST to the failing backend, retried: every attempt must carry the whole body.
     docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: postretry, namespace: default}\nspec:\n  hosts: [postretry.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: fail.backend}}]\n    retries: {attempts: 2, perTryTimeout: 2s}\n".to_owned());
     docs.join("---\n")
@@ -649,6 +655,7 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
         );
     });
+    let (pass_port, tcp_port) = (free_port(), free_port());
     // An HTTPS backend for TLS origination (certificates from openssl).
     let certs = support::make_certs(&dir.join("certs"));
     rt.block_on(support::tls_backend(&certs, ("127.0.0.38", backend_port)));
@@ -681,7 +688,7 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
         .apply(
             &[keel_galley::core::Source {
                 name: "tls.yaml".into(),
-                text: tls_config(backend_port, &certs),
+                text: tls_config(backend_port, &certs, (pass_port, tcp_port)),
             }],
             "default",
             false,
@@ -928,6 +935,23 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
                     "{candidate} / tls-origination {host}: {status} {body:?}, want {status_want} with {marker:?}"
                 ));
             }
+        }
+
+        // TLS passthrough by SNI: the backend's own certificate and answer come back; a name
+        // no chain matches gets the connection closed.
+        match rt.block_on(support::tls_get(pass_port, "tls.backend", &certs)) {
+            Ok(body) if body.contains("tls-backend sni=tls.backend") => {}
+            other => failures.push(format!("{candidate} / tls-passthrough: {other:?}")),
+        }
+        if let Ok(body) = rt.block_on(support::tls_get(pass_port, "nobody.backend", &certs)) {
+            failures.push(format!(
+                "{candidate} / tls-passthrough-unknown-sni: answered {body:?}"
+            ));
+        }
+        // TCP with weights (all to b).
+        let (status, _, body, _) = request(tcp_port, "anything", "/over-tcp", &[]);
+        if status != 200 || !body.contains("backend=b path=/over-tcp") {
+            failures.push(format!("{candidate} / tcp-weighted: {status} {body:?}"));
         }
 
         // CORS: an allowed preflight is answered by the proxy; an allowed simple request

@@ -183,3 +183,64 @@ fn the_http_edge_target_survives_odd_hosts_paths_and_heads() {
         fuzzing::http_edge(&data);
     }
 }
+
+#[test]
+fn the_tls_hello_target_survives_mutated_client_hellos() {
+    // A real ClientHello (rustls, with SNI and ALPN), then bit flips, cuts and splices.
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let name = rustls_pki_types::ServerName::try_from("nginx.example.com").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    assert!(matches!(
+        keel_proxy::inspect::client_hello(&hello),
+        keel_proxy::inspect::Hello::Tls {
+            server_name: Some(_),
+            ..
+        }
+    ));
+    let mut rng = Rng(0x5151_7a7a_0b0b_c3c3);
+    let mut outcomes = std::collections::BTreeSet::new();
+    for _ in 0..20_000 {
+        let mut data = hello.clone();
+        for _ in 0..=rng.below(4) {
+            match rng.below(4) {
+                0 => {
+                    let i = rng.below(data.len().max(1));
+                    if let Some(b) = data.get_mut(i) {
+                        *b ^= 1 << rng.below(8);
+                    }
+                }
+                1 => data.truncate(rng.below(data.len() + 1)),
+                2 => {
+                    let i = rng.below(data.len() + 1);
+                    let n = rng.below(8);
+                    let junk = rng.bytes(n);
+                    data.splice(i..i, junk);
+                }
+                _ => {
+                    // A length field (record or handshake) set to something else.
+                    let i = [3usize, 4, 6, 7, 8][rng.below(5)];
+                    if let Some(b) = data.get_mut(i) {
+                        *b = rng.bytes(1)[0];
+                    }
+                }
+            }
+        }
+        fuzzing::tls_hello(&data);
+        outcomes.insert(
+            format!("{:?}", keel_proxy::inspect::client_hello(&data))
+                .chars()
+                .take(6)
+                .collect::<String>(),
+        );
+    }
+    // The mutations reach every outcome: complete, incomplete and not TLS.
+    assert!(outcomes.len() >= 3, "{outcomes:?}");
+}

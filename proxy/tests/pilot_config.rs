@@ -142,7 +142,7 @@ fn every_walkthrough_config_converts_for_sidecars_and_the_gateway() {
     // Policy checks: productpage's inbound listener asks mixer, naming its service; the
     // outbound side does not check.
     let inbound = &c.listeners["10.88.0.7_9080"];
-    let model::NetworkFilter::Http(hcm) = &inbound.filter else {
+    let model::NetworkFilter::Http(hcm) = &inbound.chains[0].filter else {
         panic!("inbound 9080 is HTTP")
     };
     let authz = hcm.ext_authz.as_ref().expect("ext_authz on inbound");
@@ -159,7 +159,7 @@ fn every_walkthrough_config_converts_for_sidecars_and_the_gateway() {
             "productpage.default.svc.cluster.local".into()
         )])
     );
-    let model::NetworkFilter::Http(outbound) = &c.listeners["0.0.0.0_9080"].filter else {
+    let model::NetworkFilter::Http(outbound) = &c.listeners["0.0.0.0_9080"].chains[0].filter else {
         panic!("outbound 9080 is HTTP")
     };
     assert!(outbound.ext_authz.is_none());

@@ -39,8 +39,10 @@ use envoy_types::pb::envoy::config::core::v3::{DataSource, TransportSocket};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CommonTlsContext, DownstreamTlsContext, TlsCertificate,
 };
+use envoy_types::pb::envoy::config::listener::v3::{FilterChainMatch, ListenerFilter};
 use keel_config::networking::{
-    Gateway, Protocol, ServerTlsMode, ServerTlsSettings, parse_protocol,
+    Gateway, Protocol, RouteDestination, Server, ServerTlsMode, ServerTlsSettings,
+    parse_protocol,
 };
 
 use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
@@ -56,7 +58,9 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::cds::{PASSTHROUGH, inbound_name, outbound_name};
 use super::eds::socket;
-use super::rds::{CORS_FILTER, FAULT_FILTER};
+use super::rds::{
+    CORS_FILTER, FAULT_FILTER, RouteContext, ScopedVirtualService, destination_cluster,
+};
 use super::{any, pb_duration};
 use crate::proxy::{Proxy, ProxyKind};
 use crate::registry::ServiceRegistry;
@@ -408,25 +412,44 @@ pub fn gateways_for<'a>(
         .collect()
 }
 
-/// A router's listeners: one bound listener per gateway server port. HTTP servers route by
-/// `http.PORT`; HTTPS servers with `tls.mode: SIMPLE` terminate TLS with the server's
-/// certificate files (Istio 1.0's `/etc/istio/ingressgateway-certs/...`) and route the same
-/// way. Other TLS modes (PASSTHROUGH, MUTUAL) and plain TCP servers are not emitted yet.
-pub fn gateway_listeners(gateways: &[&(String, &Gateway)], logs: AccessLogs<'_>) -> Vec<Listener> {
-    let mut ports: BTreeMap<u16, (Protocol, Option<&ServerTlsSettings>)> = BTreeMap::new();
+/// A router's listeners: one bound listener per gateway server port.
+///
+/// - HTTP servers route by `http.PORT`.
+/// - HTTPS servers (`tls.mode: SIMPLE`) terminate TLS with the server's certificate files
+///   (Istio 1.0's `/etc/istio/ingressgateway-certs/...`) and route the same way; several
+///   servers on one port are told apart by SNI (a filter chain per server naming its hosts,
+///   the TLS inspector reading the name), as Istio does.
+/// - TLS servers with `tls.mode: PASSTHROUGH` forward the encrypted stream by SNI: a filter
+///   chain per `tls` route match of the VirtualServices bound to the gateway, proxying TCP
+///   to the route's destination.
+/// - TCP servers proxy to the destination of the first bound `tcp` route for the port.
+///
+/// MUTUAL servers are left out (client certificates are not verified yet).
+pub fn gateway_listeners(
+    gateways: &[&(String, &Gateway)],
+    reg: &dyn ServiceRegistry,
+    virtual_services: &[ScopedVirtualService<'_>],
+    labels: &BTreeMap<String, String>,
+    logs: AccessLogs<'_>,
+) -> Vec<Listener> {
+    let mut ports: BTreeMap<u16, Vec<&Server>> = BTreeMap::new();
     for (_, g) in gateways {
         for s in &g.servers {
             if let Ok(port) = u16::try_from(s.port.number) {
-                ports.entry(port).or_insert((
-                    parse_protocol(&s.port.protocol).unwrap_or(Protocol::Tcp),
-                    s.tls.as_ref(),
-                ));
+                ports.entry(port).or_default().push(s);
             }
         }
     }
+    let names: Vec<String> = gateways.iter().map(|(n, _)| n.clone()).collect();
     ports
         .into_iter()
-        .filter_map(|(port, (proto, tls))| {
+        .filter_map(|(port, servers)| {
+            let ctx = RouteContext {
+                gateways: names.clone(),
+                labels,
+                port,
+                rules: None,
+            };
             let hcm_filter = || {
                 hcm(
                     &format!("http.{port}"),
@@ -437,6 +460,7 @@ pub fn gateway_listeners(gateways: &[&(String, &Gateway)], logs: AccessLogs<'_>)
                     None,
                 )
             };
+            let proto = parse_protocol(&servers[0].port.protocol).unwrap_or(Protocol::Tcp);
             if proto.is_http() {
                 return Some(listener(
                     format!("0.0.0.0_{port}"),
@@ -446,23 +470,207 @@ pub fn gateway_listeners(gateways: &[&(String, &Gateway)], logs: AccessLogs<'_>)
                     vec![hcm_filter()],
                 ));
             }
-            let tls = tls?;
-            if proto != Protocol::Https || tls.mode != Some(ServerTlsMode::Simple) {
+            let mut chains: Vec<FilterChain> = Vec::new();
+            let mut push = |chain: FilterChain| {
+                // Envoy refuses a listener with two chains matching the same connections.
+                if !chains
+                    .iter()
+                    .any(|c| c.filter_chain_match == chain.filter_chain_match)
+                {
+                    chains.push(chain);
+                }
+            };
+            for server in &servers {
+                let Some(tls) = &server.tls else {
+                    if parse_protocol(&server.port.protocol).is_none_or(|p| !p.is_http())
+                        && let Some(filter) =
+                            tcp_route_filter(port, reg, virtual_services, &ctx, logs)
+                    {
+                        push(FilterChain {
+                            filters: vec![filter],
+                            ..Default::default()
+                        });
+                    }
+                    continue;
+                };
+                match tls.mode.unwrap_or_default() {
+                    ServerTlsMode::Simple => push(FilterChain {
+                        filter_chain_match: sni_match(&server.hosts),
+                        filters: vec![hcm_filter()],
+                        transport_socket: Some(server_tls(tls)),
+                        ..Default::default()
+                    }),
+                    ServerTlsMode::Passthrough => {
+                        for (sni, filter) in
+                            tls_route_filters(port, reg, virtual_services, &ctx, logs)
+                        {
+                            push(FilterChain {
+                                filter_chain_match: sni_match(&sni),
+                                filters: vec![filter],
+                                ..Default::default()
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if chains.is_empty() {
                 return None;
             }
-            let mut l = listener(
-                format!("0.0.0.0_{port}"),
-                "0.0.0.0",
-                port,
-                true,
-                vec![hcm_filter()],
-            );
-            if let Some(chain) = l.filter_chains.first_mut() {
-                chain.transport_socket = Some(server_tls(tls));
-            }
-            Some(l)
+            let inspect = chains.iter().any(|c| {
+                c.filter_chain_match
+                    .as_ref()
+                    .is_some_and(|m| !m.server_names.is_empty())
+            });
+            Some(Listener {
+                name: format!("0.0.0.0_{port}"),
+                address: Some(socket("0.0.0.0", port)),
+                filter_chains: chains,
+                listener_filters: if inspect {
+                    vec![tls_inspector()]
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            })
         })
         .collect()
+}
+
+/// A filter chain match on server names (none for `*`: any connection).
+fn sni_match(hosts: &[String]) -> Option<FilterChainMatch> {
+    if hosts.is_empty() || hosts.iter().any(|h| h == "*") {
+        return None;
+    }
+    Some(FilterChainMatch {
+        server_names: hosts.to_vec(),
+        ..Default::default()
+    })
+}
+
+/// Reads the server name (and ALPN) from a TLS ClientHello before a filter chain is chosen.
+fn tls_inspector() -> ListenerFilter {
+    use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType;
+    use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+    ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(ConfigType::TypedConfig(any(&TlsInspector::default()))),
+        ..Default::default()
+    }
+}
+
+/// A tcp_proxy to a route's destinations (weighted when there are several).
+fn tcp_to_destinations(
+    stat_prefix: &str,
+    route: &[RouteDestination],
+    vs_namespace: &str,
+    reg: &dyn ServiceRegistry,
+    port: u16,
+    logs: AccessLogs<'_>,
+) -> Option<Filter> {
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::{
+        WeightedCluster, weighted_cluster::ClusterWeight,
+    };
+    // Envoy's TCP weighted clusters take weights of 1 or more: zero-weight destinations
+    // are left out (and a single one left needs no weights).
+    let weighted: Vec<&RouteDestination> = match route {
+        [] => return None,
+        [one] => vec![one],
+        many => many.iter().filter(|d| d.weight.unwrap_or(0) > 0).collect(),
+    };
+    let cluster_specifier = match weighted.as_slice() {
+        [] => return None,
+        [one] => TcpCluster::Cluster(destination_cluster(
+            &one.destination,
+            vs_namespace,
+            reg,
+            port,
+        )),
+        many => TcpCluster::WeightedClusters(WeightedCluster {
+            clusters: many
+                .iter()
+                .map(|d| ClusterWeight {
+                    name: destination_cluster(&d.destination, vs_namespace, reg, port),
+                    weight: u32::try_from(d.weight.unwrap_or(0)).unwrap_or(0),
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+    };
+    let p = TcpProxy {
+        access_log: logs.tcp(OUTBOUND),
+        stat_prefix: stat_prefix.to_owned(),
+        cluster_specifier: Some(cluster_specifier),
+        ..Default::default()
+    };
+    Some(Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(FilterConfig::TypedConfig(any(&p))),
+    })
+}
+
+/// PASSTHROUGH: (server names, tcp_proxy) for each `tls` route match bound to the gateway
+/// on `port` (a match without a port applies to every port).
+fn tls_route_filters(
+    port: u16,
+    reg: &dyn ServiceRegistry,
+    virtual_services: &[ScopedVirtualService<'_>],
+    ctx: &RouteContext<'_>,
+    logs: AccessLogs<'_>,
+) -> Vec<(Vec<String>, Filter)> {
+    let mut out = Vec::new();
+    for vs in virtual_services
+        .iter()
+        .filter(|vs| !vs.spec.gateways.is_empty() && ctx.applies(&vs.spec.gateways, vs.namespace))
+    {
+        for route in &vs.spec.tls {
+            for m in &route.matches {
+                if m.port.is_some_and(|p| p != u32::from(port))
+                    || (!m.gateways.is_empty() && !ctx.applies(&m.gateways, vs.namespace))
+                {
+                    continue;
+                }
+                let stat = format!("tls.{port}.{}", m.sni_hosts.join(","));
+                if let Some(f) =
+                    tcp_to_destinations(&stat, &route.route, vs.namespace, reg, port, logs)
+                {
+                    out.push((m.sni_hosts.clone(), f));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A TCP server: the first bound `tcp` route whose match names the port (or no port).
+fn tcp_route_filter(
+    port: u16,
+    reg: &dyn ServiceRegistry,
+    virtual_services: &[ScopedVirtualService<'_>],
+    ctx: &RouteContext<'_>,
+    logs: AccessLogs<'_>,
+) -> Option<Filter> {
+    virtual_services
+        .iter()
+        .filter(|vs| !vs.spec.gateways.is_empty() && ctx.applies(&vs.spec.gateways, vs.namespace))
+        .flat_map(|vs| vs.spec.tcp.iter().map(move |r| (vs, r)))
+        .find(|(vs, r)| {
+            r.matches.is_empty()
+                || r.matches.iter().any(|m| {
+                    m.port.is_none_or(|p| p == u32::from(port))
+                        && (m.gateways.is_empty() || ctx.applies(&m.gateways, vs.namespace))
+                })
+        })
+        .and_then(|(vs, r)| {
+            tcp_to_destinations(
+                &format!("tcp.{port}"),
+                &r.route,
+                vs.namespace,
+                reg,
+                port,
+                logs,
+            )
+        })
 }
 
 fn server_tls(tls: &ServerTlsSettings) -> TransportSocket {
@@ -492,9 +700,11 @@ fn server_tls(tls: &ServerTlsSettings) -> TransportSocket {
 }
 
 /// Every listener `proxy` needs.
+#[allow(clippy::too_many_arguments)] // the inputs a proxy's listeners depend on
 pub fn listeners(
     reg: &dyn ServiceRegistry,
     gateways: &[(String, &Gateway)],
+    virtual_services: &[ScopedVirtualService<'_>],
     proxy: &Proxy,
     labels: &BTreeMap<String, String>,
     logs: AccessLogs<'_>,
@@ -502,6 +712,12 @@ pub fn listeners(
 ) -> Vec<Listener> {
     match proxy.kind {
         ProxyKind::Sidecar => sidecar_listeners(reg, proxy, logs, policy),
-        ProxyKind::Router => gateway_listeners(&gateways_for(gateways, labels), logs),
+        ProxyKind::Router => gateway_listeners(
+            &gateways_for(gateways, labels),
+            reg,
+            virtual_services,
+            labels,
+            logs,
+        ),
     }
 }

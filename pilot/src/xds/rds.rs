@@ -77,7 +77,7 @@ impl RouteContext<'_> {
     }
 
     /// Whether a route bound to `gateways` (from `vs_namespace`) applies to this proxy.
-    fn applies(&self, gateways: &[String], vs_namespace: &str) -> bool {
+    pub(crate) fn applies(&self, gateways: &[String], vs_namespace: &str) -> bool {
         if gateways.is_empty() {
             return !self.is_gateway();
         }
@@ -210,7 +210,7 @@ fn fraction(percent: f64) -> FractionalPercent {
 }
 
 /// The cluster a destination names, from a proxy serving `listener_port`.
-fn destination_cluster(
+pub(crate) fn destination_cluster(
     d: &Destination,
     vs_namespace: &str,
     reg: &dyn ServiceRegistry,

@@ -319,3 +319,41 @@ pub async fn grpc_ping_pong(port: u16, authority: &str) -> Result<Vec<String>, S
     }
     Ok(seen)
 }
+
+/// A GET over TLS to the gateway with `sni`, trusting the conformance CA: the body, or why
+/// it failed.
+pub async fn tls_get(port: u16, sni: &str, certs: &Certs) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&std::fs::read(certs.dir.join("ca.pem")).unwrap()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let mut tls = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_owned())?
+    .map_err(|e| format!("handshake: {e}"))?;
+    tls.write_all(format!("GET / HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    if text.is_empty() {
+        return Err("no answer".into());
+    }
+    Ok(text)
+}
