@@ -14,6 +14,8 @@ pub struct Bootstrap {
     pub admin: SocketAddr,
     /// `http://IP:PORT` of the ADS server (pilot).
     pub ads: String,
+    /// `ads_config.api_type: DELTA_GRPC`: incremental xDS.
+    pub delta: bool,
     /// The Prometheus stats listener (`prometheus_stats`, Istio's 15090), when configured.
     pub stats: Option<SocketAddr>,
 }
@@ -65,12 +67,18 @@ impl Bootstrap {
             .ok_or(
                 "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name is missing",
             )?;
-        if v.pointer("/dynamic_resources/ads_config/api_type")
+        let delta = match v
+            .pointer("/dynamic_resources/ads_config/api_type")
             .and_then(Value::as_str)
-            != Some("GRPC")
         {
-            return Err("dynamic_resources.ads_config.api_type: only GRPC (state of the world) is supported yet".into());
-        }
+            Some("GRPC") => false,
+            Some("DELTA_GRPC") => true,
+            other => {
+                return Err(format!(
+                    "dynamic_resources.ads_config.api_type: GRPC or DELTA_GRPC, not {other:?}"
+                ));
+            }
+        };
         let clusters = v
             .pointer("/static_resources/clusters")
             .and_then(Value::as_array)
@@ -108,6 +116,7 @@ impl Bootstrap {
             node_cluster,
             admin,
             ads: format!("http://{ads}"),
+            delta,
             stats,
         })
     }
@@ -143,6 +152,8 @@ mod tests {
     fn refuses_what_it_would_ignore() {
         let mut v = sample();
         v["dynamic_resources"]["ads_config"]["api_type"] = json!("DELTA_GRPC");
+        assert!(Bootstrap::from_json(&v).unwrap().delta);
+        v["dynamic_resources"]["ads_config"]["api_type"] = json!("REST");
         assert!(Bootstrap::from_json(&v).unwrap_err().contains("api_type"));
         let mut v = sample();
         v["static_resources"]["listeners"][0]["name"] = json!("other");

@@ -1,4 +1,5 @@
-//! The ADS subscription: clusters, endpoints, listeners, routes from pilot, each response
+//! The ADS subscription (state of the world, or incremental when the bootstrap says
+//! `DELTA_GRPC`): clusters, endpoints, listeners, routes from pilot, each response
 //! checked by [`crate::model::validate`] (ACK, or NACK naming the resource and field; the
 //! last good state stays), then the whole accepted state converted into one
 //! [`Config`](crate::model::Config) and published. The client reconnects with backoff and
@@ -39,6 +40,7 @@ pub fn subscribe(
         .to_vec();
     let mut cfg = ClientConfig::new(boot.ads.clone(), boot.node_id.clone(), types);
     cfg.node.cluster = boot.node_cluster.clone();
+    cfg.delta = boot.delta;
     let (mut state, _task) = keel_xds::client::spawn(cfg, model::validate);
     let (tx, rx) = watch::channel(Arc::new(Config::default()));
     let state_rx = state.clone();

@@ -10,7 +10,7 @@
 //! suffixed `-shadow`), outlier detection (a failing endpoint ejected after one error, later
 //! requests all to the healthy one), a circuit breaker (one connection, one pending, the
 //! third request refused at once with the overflow answer), and 50 route changes under load
-//! without a failure.
+//! without a failure. Envoy is fed state-of-the-world xDS, keel-proxy incremental (delta).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
@@ -502,13 +502,14 @@ fn tls_config(backend_port: u16, certs: &support::Certs, l4: (u16, u16)) -> Stri
     docs.join("---\n")
 }
 
-fn bootstrap(dir: &Path, pilot: SocketAddr, admin: u16) -> PathBuf {
+/// `api_type`: GRPC (state of the world) or DELTA_GRPC (incremental).
+fn bootstrap(dir: &Path, pilot: SocketAddr, admin: u16, api_type: &str) -> PathBuf {
     let socket = |ip: &str, port: u16| serde_json::json!({"socket_address": {"address": ip, "port_value": port}});
     let boot = serde_json::json!({
         "node": {"id": "router~127.0.0.1~gw.istio-system~istio-system.svc.cluster.local", "cluster": "gw"},
         "admin": {"address": socket("127.0.0.1", admin)},
         "dynamic_resources": {
-            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
+            "ads_config": {"api_type": api_type, "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
@@ -710,7 +711,14 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
     let readiness_port = free_port();
     for candidate in ["envoy", "keel-proxy"] {
         let admin = free_port();
-        let boot = bootstrap(&dir, pilot.grpc_addr, admin);
+        // Envoy takes state-of-the-world xDS, keel-proxy incremental (the local mesh's
+        // keel-proxy sidecars take state of the world, so the e2e covers that).
+        let api_type = if candidate == "envoy" {
+            "GRPC"
+        } else {
+            "DELTA_GRPC"
+        };
+        let boot = bootstrap(&dir, pilot.grpc_addr, admin, api_type);
         let log = std::fs::File::create(dir.join(format!("{candidate}.log"))).unwrap();
         let mut cmd = match candidate {
             "envoy" => {

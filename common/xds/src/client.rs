@@ -5,6 +5,13 @@
 //! With [`ClientConfig::consistent`], the client publishes only when every subscribed type
 //! has arrived at the same version. Servers that version whole snapshots (galley does) thereby
 //! give subscribers all of a change or none of it, even across types.
+//!
+//! With [`ClientConfig::delta`], the client speaks incremental ADS
+//! (`DeltaAggregatedResources`): it subscribes to everything of each type, applies each
+//! response's changed and removed resources to what it holds, validates the result as a
+//! whole (the same check as state of the world), and ACKs or NACKs by nonce. On reconnect it
+//! tells the server the version of every resource it holds, so only what changed while it
+//! was away is sent again. `consistent` does not apply to delta streams.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +19,9 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tokio::sync::{mpsc, watch};
@@ -27,6 +36,8 @@ pub struct ClientConfig {
     pub type_urls: Vec<String>,
     /// Publish only whole snapshots (every type at one version).
     pub consistent: bool,
+    /// Incremental xDS instead of state of the world.
+    pub delta: bool,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
 }
@@ -45,6 +56,7 @@ impl ClientConfig {
             },
             type_urls,
             consistent: false,
+            delta: false,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
         }
@@ -56,6 +68,9 @@ impl ClientConfig {
 pub struct AcceptedType {
     pub version: String,
     pub resources: Vec<Any>,
+    /// Delta streams only: each resource's name and version, parallel to `resources`.
+    pub names: Vec<String>,
+    pub resource_versions: Vec<String>,
 }
 
 /// What the client holds.
@@ -163,7 +178,11 @@ async fn stream_once(
     tx: &watch::Sender<Arc<ClientState>>,
 ) -> (bool, Option<tonic::Status>) {
     let mut received = false;
-    let result = stream_inner(config, validator, tx, &mut received).await;
+    let result = if config.delta {
+        delta_inner(config, validator, tx, &mut received).await
+    } else {
+        stream_inner(config, validator, tx, &mut received).await
+    };
     (received, result.err())
 }
 
@@ -258,6 +277,7 @@ async fn handle_response(
                 AcceptedType {
                     version: resp.version_info.clone(),
                     resources: resp.resources,
+                    ..Default::default()
                 },
             );
             let ready = !config.consistent
@@ -283,6 +303,147 @@ async fn handle_response(
                     *s = Arc::new(next);
                 });
             }
+        }
+    }
+}
+
+async fn delta_inner(
+    config: &ClientConfig,
+    validator: &dyn Validate,
+    tx: &watch::Sender<Arc<ClientState>>,
+    received: &mut bool,
+) -> Result<(), tonic::Status> {
+    let mut client = AggregatedDiscoveryServiceClient::connect(config.endpoint.clone())
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let (req_tx, req_rx) = mpsc::channel::<DeltaDiscoveryRequest>(config.type_urls.len() + 4);
+    let current = tx.borrow().clone();
+    for (i, type_url) in config.type_urls.iter().enumerate() {
+        // What we hold, so a reconnect is sent only what changed meanwhile.
+        let held = current
+            .types
+            .get(type_url)
+            .map(|t| {
+                t.names
+                    .iter()
+                    .cloned()
+                    .zip(t.resource_versions.iter().cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let req = DeltaDiscoveryRequest {
+            node: (i == 0).then(|| config.node.clone()),
+            type_url: type_url.clone(),
+            resource_names_subscribe: vec!["*".into()],
+            initial_resource_versions: held,
+            ..Default::default()
+        };
+        let _ = req_tx.send(req).await;
+    }
+    let mut inbound = client
+        .delta_aggregated_resources(ReceiverStream::new(req_rx))
+        .await?
+        .into_inner();
+    tx.send_modify(|s| {
+        let mut next = (**s).clone();
+        next.connected = true;
+        *s = Arc::new(next);
+    });
+    while let Some(resp) = inbound.message().await? {
+        *received = true;
+        if tx.is_closed() {
+            return Ok(());
+        }
+        handle_delta(config, validator, tx, &req_tx, resp).await;
+    }
+    Ok(())
+}
+
+/// What the client holds of one type after a delta response, by name: (version, resource).
+pub fn apply_delta(
+    held: Option<&AcceptedType>,
+    resp: &DeltaDiscoveryResponse,
+) -> BTreeMap<String, (String, Any)> {
+    let mut set: BTreeMap<String, (String, Any)> = held
+        .map(|t| {
+            t.names
+                .iter()
+                .zip(&t.resource_versions)
+                .zip(&t.resources)
+                .map(|((n, v), a)| (n.clone(), (v.clone(), a.clone())))
+                .collect()
+        })
+        .unwrap_or_default();
+    for r in &resp.resources {
+        // A resource without a body is a name-only notice; nothing to hold.
+        if let Some(any) = &r.resource {
+            set.insert(r.name.clone(), (r.version.clone(), any.clone()));
+        }
+    }
+    for name in &resp.removed_resources {
+        set.remove(name);
+    }
+    set
+}
+
+async fn handle_delta(
+    config: &ClientConfig,
+    validator: &dyn Validate,
+    tx: &watch::Sender<Arc<ClientState>>,
+    req_tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+    resp: DeltaDiscoveryResponse,
+) {
+    let held = tx.borrow().types.get(&resp.type_url).cloned();
+    let set = apply_delta(held.as_deref(), &resp);
+    let resources: Vec<Any> = set.values().map(|(_, a)| a.clone()).collect();
+    let verdict = validator.validate(&resp.type_url, &resources);
+    let req = DeltaDiscoveryRequest {
+        type_url: resp.type_url.clone(),
+        response_nonce: resp.nonce.clone(),
+        error_detail: verdict.as_ref().err().map(|reason| RpcStatus {
+            code: 3, // INVALID_ARGUMENT
+            message: reason.clone(),
+            details: vec![],
+        }),
+        ..Default::default()
+    };
+    let _ = req_tx.send(req).await;
+    match verdict {
+        Err(reason) => {
+            tracing::warn!(type_url = %resp.type_url, %reason, "rejected a delta push; keeping the last good state");
+            let type_url = resp.type_url.clone();
+            tx.send_modify(|s| {
+                let mut next = (**s).clone();
+                next.last_nack = Some((type_url, reason));
+                *s = Arc::new(next);
+            });
+        }
+        Ok(()) => {
+            // The type's version: the server's, or else one made from the resources'.
+            let version = if resp.system_version_info.is_empty() {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                for (n, (v, _)) in &set {
+                    n.hash(&mut h);
+                    v.hash(&mut h);
+                }
+                format!("{:016x}", h.finish())
+            } else {
+                resp.system_version_info.clone()
+            };
+            let accepted = AcceptedType {
+                version,
+                names: set.keys().cloned().collect(),
+                resource_versions: set.values().map(|(v, _)| v.clone()).collect(),
+                resources,
+            };
+            let type_url = resp.type_url.clone();
+            tx.send_modify(|s| {
+                let mut next = (**s).clone();
+                next.types.insert(type_url, Arc::new(accepted));
+                next.synced = config.type_urls.iter().all(|t| next.types.contains_key(t));
+                *s = Arc::new(next);
+            });
         }
     }
 }

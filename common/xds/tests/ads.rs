@@ -219,3 +219,65 @@ async fn pushes_acks_nacks_and_reconnects() {
     assert_eq!(names(&s, A), ["a4"]);
     assert_eq!(s.types[B].version, "4");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_streams_apply_changes_and_removals_and_resume_after_reconnect() {
+    let (snap_tx, snap_rx) = watch::channel(snapshot("1", &["a1"], &["b1"]));
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut server = TestServer::start(snap_rx.clone(), addr);
+    let mut config = ClientConfig::new(
+        format!("http://{addr}"),
+        "delta-node",
+        vec![A.into(), B.into()],
+    );
+    config.delta = true;
+    config.initial_backoff = Duration::from_millis(20);
+    config.max_backoff = Duration::from_millis(100);
+    let validator = |_: &str, resources: &[Any]| -> Result<(), String> {
+        match resources.iter().find(|r| r.value == b"bad") {
+            Some(_) => Err("resource \"bad\" is not acceptable".to_owned()),
+            None => Ok(()),
+        }
+    };
+    let (mut rx, _task) = client::spawn(config, validator);
+    let sorted = |s: &ClientState, t: &str| {
+        let mut n = names(s, t);
+        n.sort();
+        n
+    };
+
+    let s = until(&mut rx, "first sync", |s| s.synced).await;
+    assert_eq!(sorted(&s, A), ["a1"]);
+    assert_eq!(s.types[A].names, ["a1"], "delta keeps resource names");
+
+    // An addition and a removal arrive as changes and are applied to what the client holds.
+    snap_tx.send(snapshot("2", &["a1", "a2"], &["b2"])).unwrap();
+    let s = until(&mut rx, "a2 and b2", |s| {
+        sorted(s, A) == ["a1", "a2"] && sorted(s, B) == ["b2"]
+    })
+    .await;
+    assert_eq!(s.types[B].names, ["b2"], "b1 was removed");
+
+    // A bad resource is NACKed; the rest of the type stays as it was.
+    snap_tx
+        .send(snapshot("3", &["a1", "a2", "bad"], &["b2"]))
+        .unwrap();
+    let s = until(&mut rx, "a NACK", |s| s.last_nack.is_some()).await;
+    assert_eq!(sorted(&s, A), ["a1", "a2"]);
+    assert!(s.last_nack.as_ref().unwrap().1.contains("not acceptable"));
+
+    // Away: a1 is removed and a3 added while the client is disconnected; on reconnect it
+    // says what it holds and ends up with exactly the server's set.
+    server.stop();
+    until(&mut rx, "disconnect", |s| !s.connected).await;
+    snap_tx.send(snapshot("4", &["a2", "a3"], &["b2"])).unwrap();
+    let _server = TestServer::start(snap_rx, addr);
+    let s = until(&mut rx, "the set after reconnect", |s| {
+        s.connected && sorted(s, A) == ["a2", "a3"]
+    })
+    .await;
+    assert_eq!(sorted(&s, B), ["b2"]);
+}
