@@ -11,12 +11,13 @@ use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{Address, Node, RequestMethod, SocketAddress};
 use envoy_types::pb::envoy::data::accesslog::v3::{
-    AccessLogCommon, HttpAccessLogEntry, HttpRequestProperties, HttpResponseProperties,
+    AccessLogCommon, ConnectionProperties, HttpAccessLogEntry, HttpRequestProperties,
+    HttpResponseProperties, TcpAccessLogEntry,
 };
 use envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage;
 use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_client::AccessLogServiceClient;
 use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::{
-    HttpAccessLogEntries, Identifier, LogEntries,
+    HttpAccessLogEntries, Identifier, LogEntries, TcpAccessLogEntries,
 };
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, Timestamp, UInt32Value};
 use tokio::sync::{mpsc, watch};
@@ -43,11 +44,32 @@ pub struct HttpEntry {
     pub downstream_local: SocketAddr,
 }
 
+/// One proxied TCP connection, logged when it closes.
+#[derive(Clone, Debug)]
+pub struct TcpEntry {
+    pub start_time: SystemTime,
+    pub duration: Duration,
+    pub upstream_cluster: String,
+    pub upstream_address: Option<SocketAddr>,
+    pub downstream_remote: SocketAddr,
+    pub downstream_local: SocketAddr,
+    /// Bytes from the downstream peer, and bytes sent to it.
+    pub received_bytes: u64,
+    pub sent_bytes: u64,
+}
+
+/// What a sink queue carries.
+#[derive(Debug)]
+enum Entry {
+    Http(HttpEntry),
+    Tcp(TcpEntry),
+}
+
 #[derive(Debug)]
 pub struct AccessLogs {
     node_id: String,
     config: watch::Receiver<Arc<Config>>,
-    sinks: Mutex<HashMap<(String, String), mpsc::Sender<HttpEntry>>>,
+    sinks: Mutex<HashMap<(String, String), mpsc::Sender<Entry>>>,
     pub dropped: prometheus_client::metrics::counter::Counter,
 }
 
@@ -63,6 +85,15 @@ impl AccessLogs {
 
     /// Queues `entry` for `sink`; never waits.
     pub fn log_http(&self, sink: &AccessLogSink, entry: HttpEntry) {
+        self.queue(sink, Entry::Http(entry));
+    }
+
+    /// Queues a closed TCP connection's entry for `sink`; never waits.
+    pub fn log_tcp(&self, sink: &AccessLogSink, entry: TcpEntry) {
+        self.queue(sink, Entry::Tcp(entry));
+    }
+
+    fn queue(&self, sink: &AccessLogSink, entry: Entry) {
         let key = (sink.cluster.clone(), sink.log_name.clone());
         let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
         let tx = sinks.entry(key).or_insert_with(|| {
@@ -103,6 +134,41 @@ fn method(m: &str) -> RequestMethod {
         "TRACE" => RequestMethod::Trace,
         "PATCH" => RequestMethod::Patch,
         _ => RequestMethod::MethodUnspecified,
+    }
+}
+
+fn pb_time(t: SystemTime) -> Timestamp {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn pb_duration(d: Duration) -> PbDuration {
+    PbDuration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// The ALS message for one TCP connection (pure).
+pub fn tcp_log_entry(e: &TcpEntry) -> TcpAccessLogEntry {
+    TcpAccessLogEntry {
+        common_properties: Some(AccessLogCommon {
+            downstream_remote_address: Some(address(e.downstream_remote)),
+            downstream_direct_remote_address: Some(address(e.downstream_remote)),
+            downstream_local_address: Some(address(e.downstream_local)),
+            upstream_remote_address: e.upstream_address.map(address),
+            upstream_cluster: e.upstream_cluster.clone(),
+            start_time: Some(pb_time(e.start_time)),
+            duration: Some(pb_duration(e.duration)),
+            ..Default::default()
+        }),
+        connection_properties: Some(ConnectionProperties {
+            received_bytes: e.received_bytes,
+            sent_bytes: e.sent_bytes,
+        }),
     }
 }
 
@@ -184,9 +250,10 @@ async fn ship(
     node_id: String,
     sink: AccessLogSink,
     config: watch::Receiver<Arc<Config>>,
-    mut rx: mpsc::Receiver<HttpEntry>,
+    mut rx: mpsc::Receiver<Entry>,
 ) {
     let mut pending: Vec<HttpAccessLogEntry> = Vec::new();
+    let mut pending_tcp: Vec<TcpAccessLogEntry> = Vec::new();
     let mut stream: Option<mpsc::Sender<StreamAccessLogsMessage>> = None;
     loop {
         let deadline = tokio::time::sleep(sink.flush_interval);
@@ -194,16 +261,20 @@ async fn ship(
         loop {
             tokio::select! {
                 got = rx.recv() => match got {
-                    Some(e) => {
+                    Some(Entry::Http(e)) => {
                         pending.push(http_log_entry(&e, &sink.request_headers));
                         if pending.len() >= 256 { break; }
+                    }
+                    Some(Entry::Tcp(e)) => {
+                        pending_tcp.push(tcp_log_entry(&e));
+                        if pending_tcp.len() >= 256 { break; }
                     }
                     None => return,
                 },
                 () = &mut deadline => break,
             }
         }
-        if pending.is_empty() {
+        if pending.is_empty() && pending_tcp.is_empty() {
             continue;
         }
         if stream.as_ref().is_none_or(mpsc::Sender::is_closed) {
@@ -211,6 +282,7 @@ async fn ship(
             let Some(addr) = grpc_address(&config.borrow(), &sink.cluster) else {
                 tracing::debug!(cluster = %sink.cluster, "access log cluster unknown; entries kept");
                 pending.truncate(QUEUE);
+                pending_tcp.truncate(QUEUE);
                 continue;
             };
             match AccessLogServiceClient::connect(addr.clone()).await {
@@ -241,19 +313,33 @@ async fn ship(
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "access log service unreachable; retrying");
                     pending.truncate(QUEUE);
+                    pending_tcp.truncate(QUEUE);
                     continue;
                 }
             }
         }
         if let Some(tx) = &stream {
-            let msg = StreamAccessLogsMessage {
-                identifier: None,
-                log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
+            // A message carries one kind of entry: HTTP and TCP go separately.
+            let mut batches = Vec::new();
+            if !pending.is_empty() {
+                batches.push(LogEntries::HttpLogs(HttpAccessLogEntries {
                     log_entry: std::mem::take(&mut pending),
-                })),
-            };
-            if tx.send(msg).await.is_err() {
-                stream = None;
+                }));
+            }
+            if !pending_tcp.is_empty() {
+                batches.push(LogEntries::TcpLogs(TcpAccessLogEntries {
+                    log_entry: std::mem::take(&mut pending_tcp),
+                }));
+            }
+            for entries in batches {
+                let msg = StreamAccessLogsMessage {
+                    identifier: None,
+                    log_entries: Some(entries),
+                };
+                if tx.send(msg).await.is_err() {
+                    stream = None;
+                    break;
+                }
             }
         }
     }

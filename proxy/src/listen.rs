@@ -233,20 +233,38 @@ async fn serve(
                 }
             }
         },
-        NetworkFilter::Tcp(tcp) => tcp_proxy(&shared, &config, tcp, stream, dst).await,
+        NetworkFilter::Tcp(tcp) => tcp_proxy(&shared, &config, tcp, stream, peer, dst).await,
     }
 }
 
 /// Envoy's tcp_proxy: a cluster by weight, an endpoint, then bytes both ways until either
-/// side closes or nothing moves for the idle timeout.
+/// side closes or nothing moves for the idle timeout. The connection is access-logged when
+/// it ends (mixer's TCP reports), however it ends.
 async fn tcp_proxy(
     shared: &Shared,
     config: &Config,
     tcp: &crate::model::TcpProxy,
-    mut down: TcpStream,
+    down: TcpStream,
+    peer: SocketAddr,
     dst: SocketAddr,
 ) {
     let name = crate::http::pick_weighted(&tcp.clusters);
+    let mut log = TcpLog {
+        shared,
+        sink: tcp.access_log.as_ref(),
+        started: std::time::Instant::now(),
+        entry: crate::als::TcpEntry {
+            start_time: std::time::SystemTime::now(),
+            duration: Duration::ZERO,
+            upstream_cluster: name.clone(),
+            upstream_address: None,
+            downstream_remote: peer,
+            downstream_local: dst,
+            received_bytes: 0,
+            sent_bytes: 0,
+        },
+        counts: None,
+    };
     let Some(cluster) = config.clusters.get(&name).cloned() else {
         tracing::debug!(cluster = %name, "tcp proxy: no such cluster");
         return;
@@ -255,6 +273,7 @@ async fn tcp_proxy(
         tracing::debug!(cluster = %name, "tcp proxy: no endpoint");
         return;
     };
+    log.entry.upstream_address = Some(upstream);
     // TCP connections do not wait: past max_connections they are closed (Envoy's
     // upstream_cx_overflow).
     let Some(_admitted) = shared.upstreams.breaker(&cluster).try_admit() else {
@@ -269,26 +288,26 @@ async fn tcp_proxy(
             return;
         }
     };
-    let Some(idle) = tcp.idle_timeout else {
-        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-        return;
-    };
-    let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = tokio::time::Instant::now();
+    let counts = Arc::new(Counts::default());
+    log.counts = Some(counts.clone());
     let mut down = Tracked {
         inner: down,
-        activity: activity.clone(),
+        counts: counts.clone(),
         started,
     };
     let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+    let Some(idle) = tcp.idle_timeout else {
+        let _ = copy.await;
+        return;
+    };
     tokio::pin!(copy);
     loop {
-        let last = Duration::from_millis(activity.load(std::sync::atomic::Ordering::Relaxed));
+        let last = counts.last_activity();
         tokio::select! {
             _ = &mut copy => return,
             _ = tokio::time::sleep_until(started + last + idle) => {
-                let now = Duration::from_millis(activity.load(std::sync::atomic::Ordering::Relaxed));
-                if now == last {
+                if counts.last_activity() == last {
                     shared.stats.tcp_idle_timeouts.inc();
                     tracing::debug!(cluster = %name, "tcp proxy: idle timeout");
                     return;
@@ -298,19 +317,64 @@ async fn tcp_proxy(
     }
 }
 
-/// A downstream stream that notes when bytes last moved either way (milliseconds since
-/// `started`), for the idle timeout.
+/// A TCP connection's access log entry, sent when dropped.
+struct TcpLog<'a> {
+    shared: &'a Shared,
+    sink: Option<&'a crate::model::AccessLogSink>,
+    started: std::time::Instant,
+    entry: crate::als::TcpEntry,
+    counts: Option<Arc<Counts>>,
+}
+
+impl Drop for TcpLog<'_> {
+    fn drop(&mut self) {
+        let Some(sink) = self.sink else {
+            return;
+        };
+        let mut entry = self.entry.clone();
+        entry.duration = self.started.elapsed();
+        if let Some(c) = &self.counts {
+            entry.received_bytes = c.received.load(std::sync::atomic::Ordering::Relaxed);
+            entry.sent_bytes = c.sent.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        self.shared.access_logs.log_tcp(sink, entry);
+    }
+}
+
+/// Bytes each way on a proxied connection, and when they last moved (milliseconds since
+/// the connection started), for the idle timeout.
+#[derive(Debug, Default)]
+struct Counts {
+    received: std::sync::atomic::AtomicU64,
+    sent: std::sync::atomic::AtomicU64,
+    activity_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Counts {
+    fn last_activity(&self) -> Duration {
+        Duration::from_millis(self.activity_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// The downstream side of a proxied connection, counting what moves.
 struct Tracked {
     inner: TcpStream,
-    activity: Arc<std::sync::atomic::AtomicU64>,
+    counts: Arc<Counts>,
     started: tokio::time::Instant,
 }
 
 impl Tracked {
-    fn touch(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.activity
-            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    fn touch(&self, n: usize, received: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let total = if received {
+            &self.counts.received
+        } else {
+            &self.counts.sent
+        };
+        total.fetch_add(n as u64, Relaxed);
+        self.counts
+            .activity_ms
+            .store(self.started.elapsed().as_millis() as u64, Relaxed);
     }
 }
 
@@ -322,8 +386,9 @@ impl tokio::io::AsyncRead for Tracked {
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.touch();
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.touch(n, true);
         }
         r
     }
@@ -336,8 +401,10 @@ impl tokio::io::AsyncWrite for Tracked {
         data: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+        if let std::task::Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.touch(n, false);
         }
         r
     }

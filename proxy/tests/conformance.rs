@@ -695,6 +695,8 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
             false,
         )
         .unwrap();
+    let tcp_logs = support::TcpLogs::default();
+    let als_addr = rt.block_on(support::serve_tcp_logs(tcp_logs.clone()));
     let pilot = rt
         .block_on(keel_pilot::server::start(&keel_pilot::server::Args {
             galley: format!("http://{}", galley.grpc_addr),
@@ -702,7 +704,8 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             debounce_ms: 10,
             log_format: "text".into(),
-            mixer_telemetry: None,
+            // Access logs go to a collector of TCP entries (HTTP entries are ignored).
+            mixer_telemetry: Some(("127.0.0.1".into(), als_addr.port())),
             mixer_policy: None,
         }))
         .unwrap();
@@ -956,10 +959,44 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
                 "{candidate} / tls-passthrough-unknown-sni: answered {body:?}"
             ));
         }
-        // TCP with weights (all to b).
-        let (status, _, body, _) = request(tcp_port, "anything", "/over-tcp", &[]);
+        // TCP with weights (all to b), access-logged when the connection closes with the
+        // bytes each way.
+        tcp_logs.0.lock().unwrap().clear();
+        let (status, head, body, _) = request_with("GET", tcp_port, "anything", "/over-tcp", &[]);
         if status != 200 || !body.contains("backend=b path=/over-tcp") {
             failures.push(format!("{candidate} / tcp-weighted: {status} {body:?}"));
+        }
+        let sent_request = "GET /over-tcp HTTP/1.1\r\nHost: anything\r\nConnection: close\r\n\r\n";
+        let want = (
+            "outbound|".to_owned(),
+            sent_request.len() as u64,
+            (head.len() + 4 + body.len()) as u64,
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // (The passthrough row's connection is logged too, possibly in this window.)
+        let logged = loop {
+            let got: Vec<_> = tcp_logs
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(c, ..)| c.contains("b.backend"))
+                .cloned()
+                .collect();
+            if !got.is_empty() || Instant::now() > deadline {
+                break got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        match logged.as_slice() {
+            [(cluster, rx, tx)]
+                if cluster.starts_with(&want.0)
+                    && cluster.contains("b.backend")
+                    && (*rx, *tx) == (want.1, want.2) => {}
+            other => failures.push(format!(
+                "{candidate} / tcp-access-log: {other:?}, want one entry to b.backend with {} bytes in, {} out",
+                want.1, want.2
+            )),
         }
 
         // CORS: an allowed preflight is answered by the proxy; an allowed simple request

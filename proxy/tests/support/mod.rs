@@ -357,3 +357,57 @@ pub async fn tls_get(port: u16, sni: &str, certs: &Certs) -> Result<String, Stri
     }
     Ok(text)
 }
+
+/// A gRPC access log service that keeps the TCP entries it receives:
+/// (upstream cluster, received bytes, sent bytes).
+#[derive(Clone, Default)]
+pub struct TcpLogs(pub Arc<std::sync::Mutex<Vec<(String, u64, u64)>>>);
+
+#[tonic::async_trait]
+impl envoy_types::pb::envoy::service::accesslog::v3::access_log_service_server::AccessLogService
+    for TcpLogs
+{
+    async fn stream_access_logs(
+        &self,
+        request: tonic::Request<
+            tonic::Streaming<
+                envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage,
+            >,
+        >,
+    ) -> Result<
+        tonic::Response<envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsResponse>,
+        tonic::Status,
+    > {
+        use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::LogEntries;
+        let mut stream = request.into_inner();
+        while let Some(msg) = stream.message().await? {
+            if let Some(LogEntries::TcpLogs(logs)) = msg.log_entries {
+                for e in logs.log_entry {
+                    let cluster = e
+                        .common_properties
+                        .map(|c| c.upstream_cluster)
+                        .unwrap_or_default();
+                    let (rx, tx) = e
+                        .connection_properties
+                        .map(|c| (c.received_bytes, c.sent_bytes))
+                        .unwrap_or_default();
+                    self.0.lock().unwrap().push((cluster, rx, tx));
+                }
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+pub async fn serve_tcp_logs(logs: TcpLogs) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                envoy_types::pb::envoy::service::accesslog::v3::access_log_service_server::AccessLogServiceServer::new(logs),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    addr
+}
