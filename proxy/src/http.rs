@@ -88,6 +88,8 @@ pub struct Upstreams {
     in_flight: Arc<Mutex<HashMap<(String, SocketAddr), usize>>>,
     /// RING_HASH rings by cluster, with the endpoints they were built from.
     rings: Mutex<HashMap<String, RingEntry>>,
+    /// STRICT_DNS names as last resolved: (name, port, lookup family) -> addresses.
+    pub dns: Mutex<HashMap<crate::dns::Name, Vec<SocketAddr>>>,
 }
 
 type RingEntry = (Vec<SocketAddr>, Arc<Vec<(u64, SocketAddr)>>);
@@ -123,7 +125,12 @@ impl Drop for InFlight {
 
 impl Upstreams {
     /// Every endpoint of `cluster`; ORIGINAL_DST clusters have the one the client dialled.
-    fn endpoints(config: &Config, cluster: &Cluster, original_dst: SocketAddr) -> Vec<SocketAddr> {
+    fn endpoints(
+        &self,
+        config: &Config,
+        cluster: &Cluster,
+        original_dst: SocketAddr,
+    ) -> Vec<SocketAddr> {
         match cluster.discovery {
             Discovery::OriginalDst => vec![original_dst],
             Discovery::Eds => config
@@ -135,11 +142,26 @@ impl Upstreams {
                         .collect()
                 })
                 .unwrap_or_default(),
-            Discovery::Static | Discovery::StrictDns => cluster
+            Discovery::Static => cluster
                 .hosts
                 .iter()
                 .filter_map(|(h, p)| Some(SocketAddr::new(h.parse().ok()?, *p)))
                 .collect(),
+            // Names resolved by the DNS task (crate::dns); addresses as they are.
+            Discovery::StrictDns => {
+                let resolved = self.dns.lock().unwrap_or_else(|p| p.into_inner());
+                cluster
+                    .hosts
+                    .iter()
+                    .flat_map(|(h, p)| match h.parse() {
+                        Ok(ip) => vec![SocketAddr::new(ip, *p)],
+                        Err(_) => resolved
+                            .get(&(h.clone(), *p, cluster.dns_lookup))
+                            .cloned()
+                            .unwrap_or_default(),
+                    })
+                    .collect()
+            }
         }
     }
 
@@ -174,7 +196,7 @@ impl Upstreams {
         original_dst: SocketAddr,
         hash: Option<u64>,
     ) -> Option<(SocketAddr, usize)> {
-        let all = Self::endpoints(config, cluster, original_dst);
+        let all = self.endpoints(config, cluster, original_dst);
         let size = all.len();
         let candidates = if cluster.outlier.is_some() {
             self.outliers.healthy(&cluster.name, all, Instant::now())
@@ -1394,6 +1416,8 @@ mod tests {
             max_requests_per_connection: None,
             idle_timeout: None,
             tls: None,
+            dns_lookup: crate::model::DnsLookup::Auto,
+            dns_refresh: Duration::from_secs(5),
         };
         let up = Upstreams::default();
         let config = Config::default();

@@ -21,6 +21,7 @@ pub mod bootstrap;
 pub mod breaker;
 pub mod capture;
 pub mod connect;
+pub mod dns;
 pub mod fuzzing;
 pub mod http;
 pub mod inspect;
@@ -109,6 +110,7 @@ pub async fn run(args: Args) -> Result<(), ProxyError> {
         .then(|| std::net::SocketAddr::from(([0, 0, 0, 0], args.readiness_port)));
     let admin = admin::start(shared.clone(), readiness).await?;
     let listeners = tokio::spawn(listen::manage(shared.clone()));
+    let dns = tokio::spawn(dns::run(shared.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| ProxyError::Bind {
             addr: shared.bootstrap.admin,
@@ -123,6 +125,7 @@ pub async fn run(args: Args) -> Result<(), ProxyError> {
     tracing::info!("draining");
     drain_tx.send_replace(true);
     listeners.abort();
+    dns.abort();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(args.drain_time_s);
     while shared.active.load(std::sync::atomic::Ordering::SeqCst) > 0
         && tokio::time::Instant::now() < deadline

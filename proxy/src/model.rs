@@ -1587,6 +1587,22 @@ pub struct Cluster {
     pub idle_timeout: Option<Duration>,
     /// TLS to the endpoints.
     pub tls: Option<ClientTls>,
+    /// STRICT_DNS: which addresses of a name to use, and how often to look again.
+    pub dns_lookup: DnsLookup,
+    pub dns_refresh: Duration,
+}
+
+/// Envoy's `dns_lookup_family`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DnsLookup {
+    /// IPv6 addresses if the name has any, else IPv4 (Envoy's AUTO).
+    #[default]
+    Auto,
+    V4Only,
+    V6Only,
+    /// IPv4 addresses if the name has any, else IPv6.
+    V4Preferred,
+    All,
 }
 
 /// Circuit breaker thresholds, with Envoy's defaults.
@@ -1823,6 +1839,35 @@ pub fn cluster(c: &PbCluster) -> Result<Cluster, Refused> {
             }
         }
     }
+    let dns_lookup = {
+        use envoy_types::pb::envoy::config::cluster::v3::cluster::DnsLookupFamily as F;
+        match F::try_from(c.dns_lookup_family) {
+            Ok(F::Auto) => DnsLookup::Auto,
+            Ok(F::V4Only) => DnsLookup::V4Only,
+            Ok(F::V6Only) => DnsLookup::V6Only,
+            Ok(F::V4Preferred) => DnsLookup::V4Preferred,
+            Ok(F::All) => DnsLookup::All,
+            Err(_) => return Err(refuse(name, "dns_lookup_family", "unknown value")),
+        }
+    };
+    #[allow(deprecated)] // dns_resolvers: refused, not read
+    if !c.dns_resolvers.is_empty()
+        || c.typed_dns_resolver_config.is_some()
+        || c.respect_dns_ttl
+        || c.dns_failure_refresh_rate.is_some()
+    {
+        return Err(unsupported(
+            name,
+            "dns settings (only dns_lookup_family and dns_refresh_rate are)",
+        ));
+    }
+    #[allow(deprecated)] // still what Istio's pilot (and Keel's) set
+    let dns_refresh = c
+        .dns_refresh_rate
+        .as_ref()
+        .map(duration)
+        .filter(|d| *d >= Duration::from_millis(1))
+        .unwrap_or(Duration::from_secs(5));
     let hosts = match &c.load_assignment {
         Some(cla) => endpoints(cla)?
             .into_iter()
@@ -1853,6 +1898,8 @@ pub fn cluster(c: &PbCluster) -> Result<Cluster, Refused> {
         max_requests_per_connection,
         idle_timeout,
         tls,
+        dns_lookup,
+        dns_refresh,
     })
 }
 

@@ -497,6 +497,8 @@ fn tls_config(backend_port: u16, certs: &support::Certs, l4: (u16, u16)) -> Stri
     docs.push(format!("apiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {{name: gw-l4, namespace: istio-system}}\nspec:\n  selector: {{istio: conformance}}\n  servers:\n  - port: {{number: {pass_port}, name: tls, protocol: TLS}}\n    hosts: [tls.backend]\n    tls: {{mode: PASSTHROUGH}}\n  - port: {{number: {tcp_port}, name: tcp, protocol: TCP}}\n    hosts: ['*']\n"));
     docs.push(format!("apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: pass, namespace: default}}\nspec:\n  hosts: [pass.backend]\n  location: MESH_INTERNAL\n  ports: [{{number: {backend_port}, name: tls, protocol: TLS}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.38}}]\n"));
     docs.push(format!("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: l4, namespace: default}}\nspec:\n  hosts: ['*']\n  gateways: [istio-system/gw-l4]\n  tls:\n  - match: [{{port: {pass_port}, sniHosts: [tls.backend]}}]\n    route: [{{destination: {{host: pass.backend, port: {{number: {backend_port}}}}}}}]\n  tcp:\n  - match: [{{port: {tcp_port}}}]\n    route:\n    - {{destination: {{host: a.backend, port: {{number: {backend_port}}}}}, weight: 0}}\n    - {{destination: {{host: b.backend, port: {{number: {backend_port}}}}}, weight: 100}}\n"));
+    // A STRICT_DNS cluster: `localhost` resolved by the proxy (IPv4, as pilot asks).
+    docs.push(format!("apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: dnsname, namespace: default}}\nspec:\n  hosts: [dnsname.backend]\n  location: MESH_EXTERNAL\n  ports: [{{number: {backend_port}, name: http, protocol: HTTP}}]\n  resolution: DNS\n  endpoints: [{{address: localhost}}]\n---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: dnsname, namespace: default}}\nspec:\n  hosts: [dnsname.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{{destination: {{host: dnsname.backend}}}}]\n"));
     // A POST to the failing backend, retried: every attempt must carry the whole body.
     docs.push("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: postretry, namespace: default}\nspec:\n  hosts: [postretry.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{destination: {host: fail.backend}}]\n    retries: {attempts: 2, perTryTimeout: 2s}\n".to_owned());
     docs.join("---\n")
@@ -660,6 +662,19 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
     // An HTTPS backend for TLS origination (certificates from openssl).
     let certs = support::make_certs(&dir.join("certs"));
     rt.block_on(support::tls_backend(&certs, ("127.0.0.38", backend_port)));
+    // The backend `localhost` resolves to.
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", backend_port))
+            .await
+            .unwrap();
+        tokio::spawn(keel_samples::http::serve(
+            l,
+            Arc::new(|req: hyper::Request<hyper::body::Incoming>| {
+                let body = format!("backend=dns path={}", req.uri().path());
+                async move { keel_samples::http::json(hyper::StatusCode::OK, body) }
+            }),
+        ));
+    });
     let galley = rt
         .block_on(keel_galley::start(&keel_galley::Args {
             config_dir: dir.join("config"),
@@ -930,6 +945,12 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
             failures.push(format!(
                 "{candidate} / post-retried: {status}, the failing backend saw bodies of {sizes:?}, want [11, 11, 11]"
             ));
+        }
+
+        // STRICT_DNS: the name resolved by the proxy.
+        let (status, _, body, _) = request(gateway_port, "dnsname.test", "/resolved", &[]);
+        if status != 200 || !body.contains("backend=dns path=/resolved") {
+            failures.push(format!("{candidate} / strict-dns: {status} {body:?}"));
         }
 
         // TLS origination (DestinationRule tls modes).

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    DnsLookupFamily,
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, OutlierDetection};
@@ -289,6 +290,8 @@ fn base_cluster(name: String, svc: &Service, port: &ServicePort) -> Cluster {
         Discovery::Dns => {
             c.cluster_discovery_type =
                 Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
+            // Istio resolves service entry names to IPv4 addresses only.
+            c.dns_lookup_family = DnsLookupFamily::V4Only as i32;
         }
         Discovery::Passthrough => {
             c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
@@ -353,6 +356,7 @@ pub fn mixer_cluster(name: &str, host: &str, port: u16) -> Cluster {
             nanos: 0,
         }),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery as i32)),
+        dns_lookup_family: DnsLookupFamily::V4Only as i32,
         load_assignment: Some(eds::local_at(name, host, port)),
         ..Default::default()
     };
