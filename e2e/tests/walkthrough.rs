@@ -181,6 +181,22 @@ fn smoke_in_mesh(mesh: &Mesh) -> Result<()> {
         let health = curl_in_pod(&pp, &[&format!("http://{svc}:9080/health")])?;
         ensure!(!health.is_empty(), "{svc}/health answered nothing");
     }
+    // The mesh config's accessLogFile (/dev/stdout): the sidecar's own log has the call in
+    // Envoy's default format (Envoy flushes its file logs every 10 s).
+    eventually(
+        "the details call in productpage's istio-proxy log",
+        Duration::from_secs(30),
+        || {
+            let log = mesh.keelctl(&["logs", &pp, "-c", "istio-proxy"])?.stdout;
+            Ok(log
+                .lines()
+                .any(|l| {
+                    l.contains("\"GET /details/0 HTTP/1.1\" 200 - 0 ")
+                        && l.contains("\"details:9080\"")
+                })
+                .then_some(()))
+        },
+    )?;
     Ok(())
 }
 

@@ -1648,10 +1648,11 @@ fn component_services(ports: &Ports, addons: bool) -> String {
     docs.join("---\n")
 }
 
-/// The `istio` ConfigMap with the mesh settings pilot honours.
+/// The `istio` ConfigMap with the mesh settings pilot honours; access logs go to each
+/// proxy's standard output (its `istio-proxy` log), as in Istio's demo profile.
 fn mesh_config_map(bridge: &str, mixer_port: u16, policy_checks: bool) -> String {
     format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: istio\n  labels: {{app: istio}}\ndata:\n  mesh: |-\n    disablePolicyChecks: {}\n    mixerCheckServer: {bridge}:{mixer_port}\n    mixerReportServer: {bridge}:{mixer_port}\n",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: istio\n  labels: {{app: istio}}\ndata:\n  mesh: |-\n    accessLogFile: /dev/stdout\n    disablePolicyChecks: {}\n    mixerCheckServer: {bridge}:{mixer_port}\n    mixerReportServer: {bridge}:{mixer_port}\n",
         !policy_checks
     )
 }
@@ -1840,6 +1841,7 @@ mod tests {
             let v = &keel_config::yaml::parse_documents(mesh).expect("mesh is YAML")[0].value;
             assert_eq!(v["disablePolicyChecks"], !checks);
             assert_eq!(v["mixerCheckServer"], "10.88.0.1:9091");
+            assert_eq!(v["accessLogFile"], "/dev/stdout");
         }
         let svcs = component_services(&Ports::default(), true);
         let report = keel_config::load_str("svc.yaml", &svcs, Some("istio-system"));

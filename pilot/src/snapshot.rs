@@ -35,6 +35,9 @@ pub struct Mesh {
     pub telemetry: Option<(String, u16)>,
     /// Mixer's check service (`host`, `port`): when set, sidecars check every inbound request.
     pub policy: Option<(String, u16)>,
+    /// Istio's `accessLogFile`: every proxy also logs each request and connection there, in
+    /// Envoy's default format (`/dev/stdout` in Istio's demo profile).
+    pub access_log_file: Option<String>,
 }
 
 impl Mesh {
@@ -45,6 +48,7 @@ impl Mesh {
             registry,
             telemetry: None,
             policy: None,
+            access_log_file: None,
         }
     }
 
@@ -55,8 +59,8 @@ impl Mesh {
     }
 
     /// Istio's mesh config, the `mesh` key of the `istio` ConfigMap in istio-system, over
-    /// the command line's settings: `disablePolicyChecks`, `mixerCheckServer` and
-    /// `mixerReportServer`. A mesh config that does not parse changes nothing and is
+    /// the command line's settings: `disablePolicyChecks`, `mixerCheckServer`,
+    /// `mixerReportServer` and `accessLogFile`. A mesh config that does not parse changes nothing and is
     /// reported (the `Err`), so a typo never turns checks off silently.
     pub fn with_mesh_config(mut self) -> (Mesh, Option<String>) {
         let key = keel_config::ResourceKey {
@@ -72,6 +76,7 @@ impl Mesh {
         };
         match mesh_config(text) {
             Ok(m) => {
+                self.access_log_file = m.access_log_file;
                 if let Some(report) = m.report_server {
                     self.telemetry = Some(report);
                 }
@@ -142,6 +147,7 @@ pub struct MeshConfig {
     pub disable_policy_checks: Option<bool>,
     pub check_server: Option<(String, u16)>,
     pub report_server: Option<(String, u16)>,
+    pub access_log_file: Option<String>,
 }
 
 /// Parses the `mesh` YAML; unknown keys are Istio's others and are left alone.
@@ -172,7 +178,18 @@ pub fn mesh_config(text: &str) -> Result<MeshConfig, String> {
             ));
         }
     };
+    let access_log_file = match v.get("accessLogFile") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if s.is_empty() => None,
+        Some(serde_json::Value::String(s)) if s.starts_with('/') => Some(s.clone()),
+        Some(other) => {
+            return Err(format!(
+                "accessLogFile: expected an absolute path such as /dev/stdout, got {other}"
+            ));
+        }
+    };
     Ok(MeshConfig {
+        access_log_file,
         disable_policy_checks,
         check_server: server("mixerCheckServer")?,
         report_server: server("mixerReportServer")?,
@@ -207,9 +224,13 @@ pub fn proxy_snapshot(mesh: &Mesh, proxy: &Proxy) -> XdsSnapshot {
             clusters.push(cds::mixer_cluster(cds::TELEMETRY_CLUSTER, host, *port));
             lds::AccessLogs {
                 cluster: Some(cds::TELEMETRY_CLUSTER),
+                file: mesh.access_log_file.as_deref(),
             }
         }
-        None => lds::AccessLogs::NONE,
+        None => lds::AccessLogs {
+            cluster: None,
+            file: mesh.access_log_file.as_deref(),
+        },
     };
     let policy = match &mesh.policy {
         Some((host, port)) => {

@@ -615,6 +615,24 @@ fn the_mesh_config_map_turns_policy_checks_off_and_on() {
     let (m, problem) = bookinfo(&[&bad]).with_policy(flag).with_mesh_config();
     assert!(has_authz(&m));
     assert!(problem.is_some_and(|p| p.contains("disablePolicyChecks")));
+    // accessLogFile: every listener's connection manager logs to it in Envoy's default
+    // format; a relative path is refused.
+    let logged = cm("accessLogFile: /dev/stdout");
+    let (m, problem) = bookinfo(&[&logged]).with_mesh_config();
+    assert!(problem.is_none());
+    let snap = proxy_snapshot(&m, &sidecar());
+    // The access log is nested in each connection manager's encoded config.
+    let needle = b"envoy.extensions.access_loggers.file.v3.FileAccessLog";
+    let with_file_log = snap.types[LISTENER_TYPE]
+        .resources
+        .values()
+        .filter(|l| l.value.windows(needle.len()).any(|w| w == needle))
+        .count();
+    assert!(with_file_log > 0, "no file access log in the listeners");
+    let relative = cm("accessLogFile: logs/access.log");
+    let (m, problem) = bookinfo(&[&relative]).with_mesh_config();
+    assert!(problem.is_some_and(|p| p.contains("accessLogFile")));
+    assert_eq!(m.access_log_file, None);
 }
 
 #[test]

@@ -1,6 +1,10 @@
 //! Access logs to a gRPC access log service (Envoy's ALS; mixer in Keel): entries are
 //! queued without blocking the request (a full queue drops and counts), batched per sink,
 //! and sent on a long-lived stream whose first message names the node and the log.
+//!
+//! File access logs (Istio's `accessLogFile`, `/dev/stdout` in the demo profile) are lines
+//! in Envoy's default format, written by one task per file; the request never waits for
+//! the write either.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,7 +26,7 @@ use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, Timestamp, UInt32Value};
 use tokio::sync::{mpsc, watch};
 
-use crate::model::{AccessLogSink, Config, Discovery};
+use crate::model::{AccessLog, AccessLogSink, Config, Discovery};
 
 const QUEUE: usize = 10_000;
 
@@ -36,6 +40,14 @@ pub struct HttpEntry {
     pub authority: String,
     pub request_headers: Vec<(String, String)>,
     pub status: u16,
+    /// `HTTP/1.1` or `HTTP/2`.
+    pub protocol: &'static str,
+    /// Envoy's response flags (`NR`, `UH`, `UF`, `UO`, `UT`, `FI`, `DI`, `URX`, `UC`),
+    /// comma-separated; empty for none.
+    pub response_flags: String,
+    /// Milliseconds from sending upstream to the response head (the
+    /// `x-envoy-upstream-service-time` header).
+    pub upstream_service_time: Option<u64>,
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub upstream_cluster: String,
@@ -70,6 +82,8 @@ pub struct AccessLogs {
     node_id: String,
     config: watch::Receiver<Arc<Config>>,
     sinks: Mutex<HashMap<(String, String), mpsc::Sender<Entry>>>,
+    /// Line writers by file path.
+    files: Mutex<HashMap<String, mpsc::Sender<String>>>,
     pub dropped: prometheus_client::metrics::counter::Counter,
 }
 
@@ -79,18 +93,47 @@ impl AccessLogs {
             node_id,
             config,
             sinks: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
             dropped: Default::default(),
         }
     }
 
-    /// Queues `entry` for `sink`; never waits.
-    pub fn log_http(&self, sink: &AccessLogSink, entry: HttpEntry) {
-        self.queue(sink, Entry::Http(entry));
+    /// Queues `entry` for the log's destinations; never waits.
+    pub fn log_http(&self, log: &AccessLog, entry: HttpEntry) {
+        if let Some(path) = &log.file {
+            self.write_line(path, http_default_line(&entry));
+        }
+        if let Some(sink) = &log.grpc {
+            self.queue(sink, Entry::Http(entry));
+        }
     }
 
-    /// Queues a closed TCP connection's entry for `sink`; never waits.
-    pub fn log_tcp(&self, sink: &AccessLogSink, entry: TcpEntry) {
-        self.queue(sink, Entry::Tcp(entry));
+    /// Queues a closed TCP connection's entry for the log's destinations; never waits.
+    pub fn log_tcp(&self, log: &AccessLog, entry: TcpEntry) {
+        if let Some(path) = &log.file {
+            self.write_line(path, tcp_default_line(&entry));
+        }
+        if let Some(sink) = &log.grpc {
+            self.queue(sink, Entry::Tcp(entry));
+        }
+    }
+
+    fn write_line(&self, path: &str, line: String) {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = files.entry(path.to_owned()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let path = path.to_owned();
+            let spawned = std::thread::Builder::new()
+                .name("access-log-file".into())
+                .spawn(move || write_file(path, rx));
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start the access log writer");
+            }
+            tx
+        });
+        if tx.try_send(line).is_err() {
+            self.dropped.inc();
+        }
     }
 
     fn queue(&self, sink: &AccessLogSink, entry: Entry) {
@@ -342,5 +385,170 @@ async fn ship(
                 }
             }
         }
+    }
+}
+
+/// Appends lines to `path` (`/dev/stdout` is the process's standard output), a batch per
+/// write, on a thread of its own so a slow disk or pipe never holds a worker; reopens the
+/// file after a failure.
+fn write_file(path: String, mut rx: mpsc::Receiver<String>) {
+    use std::io::Write;
+    let mut out: Option<Box<dyn Write + Send>> = None;
+    let mut batch = String::new();
+    while let Some(line) = rx.blocking_recv() {
+        batch.push_str(&line);
+        while batch.len() < 64 * 1024
+            && let Ok(more) = rx.try_recv()
+        {
+            batch.push_str(&more);
+        }
+        if out.is_none() {
+            out = if path == "/dev/stdout" {
+                Some(Box::new(std::io::stdout()))
+            } else {
+                match std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                {
+                    Ok(f) => Some(Box::new(f)),
+                    Err(e) => {
+                        tracing::warn!(%path, error = %e, "cannot open the access log file; lines dropped");
+                        None
+                    }
+                }
+            };
+        }
+        if let Some(w) = out.as_mut()
+            && (w.write_all(batch.as_bytes()).is_err() || w.flush().is_err())
+        {
+            out = None;
+        }
+        batch.clear();
+    }
+}
+
+/// `2026-11-26T13:15:00.123Z`: Envoy's %START_TIME% (UTC, milliseconds).
+pub fn start_time(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+fn dash(v: &str) -> &str {
+    if v.is_empty() { "-" } else { v }
+}
+
+/// One request in Envoy's default access log format (pure).
+pub fn http_default_line(e: &HttpEntry) -> String {
+    let header = |name: &str| {
+        e.request_headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    };
+    format!(
+        "[{}] \"{} {} {}\" {} {} {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\"\n",
+        start_time(e.start_time),
+        dash(&e.method),
+        dash(&e.path),
+        dash(e.protocol),
+        e.status,
+        dash(&e.response_flags),
+        e.request_bytes,
+        e.response_bytes,
+        e.duration.as_millis(),
+        e.upstream_service_time
+            .map_or_else(|| "-".to_owned(), |t| t.to_string()),
+        dash(header("x-forwarded-for")),
+        dash(header("user-agent")),
+        dash(header("x-request-id")),
+        dash(&e.authority),
+        e.upstream_address
+            .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+    )
+}
+
+/// One TCP connection in Envoy's default access log format (pure): the HTTP fields are
+/// dashes and a zero response code.
+pub fn tcp_default_line(e: &TcpEntry) -> String {
+    format!(
+        "[{}] \"- - -\" 0 - {} {} {} - \"-\" \"-\" \"-\" \"-\" \"{}\"\n",
+        start_time(e.start_time),
+        e.received_bytes,
+        e.sent_bytes,
+        e.duration.as_millis(),
+        e.upstream_address
+            .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_times_are_utc_with_milliseconds() {
+        assert_eq!(start_time(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        // 2024-02-29T23:59:59.123Z, a leap day.
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_251_199_123);
+        assert_eq!(start_time(t), "2024-02-29T23:59:59.123Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_700_000);
+        assert_eq!(start_time(t), "2026-11-26T13:33:20.000Z");
+    }
+
+    #[test]
+    fn lines_follow_envoys_default_format() {
+        let e = HttpEntry {
+            start_time: UNIX_EPOCH,
+            duration: Duration::from_millis(12),
+            method: "GET".into(),
+            path: "/productpage".into(),
+            authority: "productpage:9080".into(),
+            request_headers: vec![
+                ("user-agent".into(), "curl/8".into()),
+                ("x-request-id".into(), "abc".into()),
+            ],
+            status: 200,
+            protocol: "HTTP/1.1",
+            response_flags: String::new(),
+            upstream_service_time: Some(10),
+            request_bytes: 0,
+            response_bytes: 5723,
+            upstream_cluster: "inbound|9080||productpage".into(),
+            upstream_address: Some(([127, 0, 0, 1], 9080).into()),
+            downstream_remote: ([10, 0, 0, 2], 5000).into(),
+            downstream_local: ([10, 0, 0, 3], 9080).into(),
+        };
+        assert_eq!(
+            http_default_line(&e),
+            "[1970-01-01T00:00:00.000Z] \"GET /productpage HTTP/1.1\" 200 - 0 5723 12 10 \"-\" \"curl/8\" \"abc\" \"productpage:9080\" \"127.0.0.1:9080\"\n"
+        );
+        let nr = HttpEntry {
+            status: 404,
+            response_flags: "NR".into(),
+            upstream_service_time: None,
+            upstream_address: None,
+            ..e
+        };
+        assert!(http_default_line(&nr).contains("\" 404 NR 0 5723 12 - \""));
     }
 }

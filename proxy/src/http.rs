@@ -510,6 +510,30 @@ async fn handle(
     let config = shared.config.borrow().clone();
     let (mut parts, body) = req.into_parts();
     let body = Replay::new(body, MAX_BUFFERED_BODY);
+    // At the edge, a client outside the private address ranges is external (Envoy 1.8's
+    // rule, Istio 1.0's): its x-envoy-* headers and request id are not trusted, and its
+    // address is passed on as x-envoy-external-address; an internal one is marked so.
+    if hcm.use_remote_address {
+        if is_internal(peer.ip()) {
+            parts
+                .headers
+                .insert("x-envoy-internal", HeaderValue::from_static("true"));
+        } else {
+            let untrusted: Vec<HeaderName> = parts
+                .headers
+                .keys()
+                .filter(|k| k.as_str().starts_with("x-envoy-"))
+                .cloned()
+                .collect();
+            for k in untrusted {
+                parts.headers.remove(k);
+            }
+            parts.headers.remove("x-request-id");
+            if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+                parts.headers.insert("x-envoy-external-address", v);
+            }
+        }
+    }
     // Request headers every proxy sets (Envoy: x-request-id, x-forwarded-proto; at the edge
     // also x-forwarded-for).
     if !parts.headers.contains_key("x-request-id")
@@ -557,10 +581,14 @@ async fn handle(
         authority: host.clone(),
         // Only what the access log sends, and only when there is one.
         request_headers: match &hcm.access_log {
-            None => Vec::new(),
-            Some(sink) => ["user-agent", "referer", "x-forwarded-for", "x-request-id"]
+            log if log.is_empty() => Vec::new(),
+            log => ["user-agent", "referer", "x-forwarded-for", "x-request-id"]
                 .into_iter()
-                .chain(sink.request_headers.iter().map(String::as_str))
+                .chain(
+                    log.grpc
+                        .iter()
+                        .flat_map(|g| g.request_headers.iter().map(String::as_str)),
+                )
                 .filter_map(|k| {
                     Some((
                         k.to_owned(),
@@ -570,6 +598,13 @@ async fn handle(
                 .collect(),
         },
         status: 0,
+        protocol: match parts.version {
+            hyper::Version::HTTP_2 => "HTTP/2",
+            hyper::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        response_flags: String::new(),
+        upstream_service_time: None,
         request_bytes: 0,
         response_bytes: 0,
         upstream_cluster: String::new(),
@@ -588,6 +623,7 @@ async fn handle(
     {
         None => {
             shared.stats.no_route.inc();
+            flag(&mut entry, "NR");
             local_reply(StatusCode::NOT_FOUND, "")
         }
         Some(route) => {
@@ -620,9 +656,10 @@ async fn handle(
     shared
         .stats
         .observe_response(entry.status, &entry.upstream_cluster);
-    let Some(sink) = hcm.access_log.clone() else {
+    if hcm.access_log.is_empty() {
         return response;
-    };
+    }
+    let sink = hcm.access_log.clone();
     // The entry is logged when the response body is done (or dropped): its size is what was
     // sent, chunked bodies included, and its duration runs to the last byte, as Envoy's.
     let mut log = LogOnDone {
@@ -646,10 +683,32 @@ async fn handle(
     })
 }
 
+/// Envoy's internal addresses: loopback and the private ranges (RFC 1918, IPv6 unique
+/// local).
+pub fn is_internal(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        std::net::IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return v4.is_loopback() || v4.is_private();
+            }
+            v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00
+        }
+    }
+}
+
+/// Adds one of Envoy's response flags to the entry (`NR`, `UH`, `UF`, ...).
+fn flag(entry: &mut HttpEntry, f: &str) {
+    if !entry.response_flags.is_empty() {
+        entry.response_flags.push(',');
+    }
+    entry.response_flags.push_str(f);
+}
+
 /// Sends a request's access log entry when dropped, with the bytes the body carried.
 struct LogOnDone {
     shared: Arc<Shared>,
-    sink: crate::model::AccessLogSink,
+    sink: crate::model::AccessLog,
     entry: Option<HttpEntry>,
     started: Instant,
     bytes: u64,
@@ -746,11 +805,13 @@ async fn route_request(
         if let Some((delay, fraction)) = fault.delay
             && hit(fraction)
         {
+            flag(entry, "DI");
             tokio::time::sleep(delay).await;
         }
         if let Some((status, fraction)) = fault.abort
             && hit(fraction)
         {
+            flag(entry, "FI");
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             return local_reply(status, "fault filter abort");
         }
@@ -787,6 +848,7 @@ async fn route_request(
     let cluster_name = pick_weighted(&forward.clusters);
     entry.upstream_cluster = cluster_name.clone();
     let Some(cluster) = config.clusters.get(&cluster_name).cloned() else {
+        flag(entry, "NC");
         return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
     };
     if is_websocket_upgrade(&parts.headers) {
@@ -829,6 +891,7 @@ async fn route_request(
             Ok(r) => r,
             Err(_) => {
                 shared.stats.upstream_timeouts.inc();
+                flag(entry, "UT");
                 local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
             }
         },
@@ -1244,6 +1307,7 @@ async fn forward_with_retries(
         Err(e) => {
             tracing::warn!(cluster = %cluster.name, error = %e, "cannot set up TLS to the cluster");
             shared.stats.upstream_cx_fail.inc();
+            flag(entry, "UF");
             return local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
@@ -1260,6 +1324,7 @@ async fn forward_with_retries(
             Ok(a) => a,
             Err(_) => {
                 shared.stats.upstream_overflow.inc();
+                flag(entry, "UO");
                 let mut r = local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "upstream connect error or disconnect/reset before headers. reset reason: overflow",
@@ -1271,6 +1336,7 @@ async fn forward_with_retries(
         };
         let mut picked = None;
         let mut in_flight = None;
+        let mut sent_at = None;
         let outcome = match shared.upstreams.pick(config, cluster, local, hash) {
             None => Attempt::NoEndpoint,
             Some((addr, size)) => {
@@ -1289,6 +1355,7 @@ async fn forward_with_retries(
                         *up.uri_mut() = uri;
                         *up.headers_mut() = parts.headers.clone();
                         shared.stats.upstream_rq.inc();
+                        sent_at = Some(Instant::now());
                         let sent = client.request(up);
                         let result = match forward.retry.as_ref().and_then(|r| r.per_try_timeout) {
                             Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
@@ -1357,31 +1424,50 @@ async fn forward_with_retries(
             }
             shared.stats.upstream_retry_overflow.inc();
         }
+        if retryable && retries > 0 {
+            flag(entry, "URX");
+        }
         return match outcome {
             // The connection stays taken until the response body is done.
-            Attempt::Response(r) => r.map(|b| {
-                b.map_frame(move |f| {
-                    let _held = (&admitted, &in_flight);
-                    f
-                })
-                .boxed()
-            }),
+            Attempt::Response(r) => {
+                let mut r = r.map(|b| {
+                    b.map_frame(move |f| {
+                        let _held = (&admitted, &in_flight);
+                        f
+                    })
+                    .boxed()
+                });
+                // Envoy's router says how long the upstream took to answer.
+                if let Some(at) = sent_at {
+                    let ms = at.elapsed().as_millis() as u64;
+                    entry.upstream_service_time = Some(ms);
+                    r.headers_mut()
+                        .insert("x-envoy-upstream-service-time", HeaderValue::from(ms));
+                }
+                r
+            }
             Attempt::NoEndpoint => {
+                flag(entry, "UH");
                 local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
             }
             Attempt::ConnectFailure => {
                 shared.stats.upstream_cx_fail.inc();
+                flag(entry, "UF");
                 local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
                 )
             }
-            Attempt::Reset => local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
-            ),
+            Attempt::Reset => {
+                flag(entry, "UC");
+                local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                )
+            }
             Attempt::Timeout => {
                 shared.stats.upstream_timeouts.inc();
+                flag(entry, "UT");
                 local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
             }
         };
@@ -1589,6 +1675,24 @@ mod tests {
             "query parameter missing"
         );
         assert!(route_for(&v, "/other?q", &headers).is_none());
+    }
+
+    #[test]
+    fn private_and_loopback_clients_are_internal() {
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.9",
+            "192.168.1.1",
+            "::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_internal(internal.parse().unwrap()), "{internal}");
+        }
+        for external in ["8.8.8.8", "172.32.0.1", "2001:db8::1", "::ffff:8.8.8.8"] {
+            assert!(!is_internal(external.parse().unwrap()), "{external}");
+        }
     }
 
     #[test]

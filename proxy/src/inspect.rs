@@ -310,7 +310,7 @@ mod tests {
                 stat_prefix: String::new(),
                 clusters: vec![(cluster.into(), 1)],
                 idle_timeout: None,
-                access_log: None,
+                access_log: Default::default(),
             }),
         }
     }

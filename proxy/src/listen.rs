@@ -251,7 +251,7 @@ async fn tcp_proxy(
     let name = crate::http::pick_weighted(&tcp.clusters);
     let mut log = TcpLog {
         shared,
-        sink: tcp.access_log.as_ref(),
+        sink: (!tcp.access_log.is_empty()).then_some(&tcp.access_log),
         started: std::time::Instant::now(),
         entry: crate::als::TcpEntry {
             start_time: std::time::SystemTime::now(),
@@ -320,7 +320,7 @@ async fn tcp_proxy(
 /// A TCP connection's access log entry, sent when dropped.
 struct TcpLog<'a> {
     shared: &'a Shared,
-    sink: Option<&'a crate::model::AccessLogSink>,
+    sink: Option<&'a crate::model::AccessLog>,
     started: std::time::Instant,
     entry: crate::als::TcpEntry,
     counts: Option<Arc<Counts>>,

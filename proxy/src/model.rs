@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog as PbAccessLog;
 use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType as AccessLogConfig;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as PbCluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -411,7 +411,7 @@ pub struct HttpManager {
     pub routes: RouteSource,
     /// Whether the connection's peer is the client (edge), rather than x-forwarded-for.
     pub use_remote_address: bool,
-    pub access_log: Option<AccessLogSink>,
+    pub access_log: AccessLog,
     /// External authorization (mixer's checks), asked before the route is followed.
     pub ext_authz: Option<ExtAuthz>,
 }
@@ -453,7 +453,7 @@ pub struct TcpProxy {
     pub clusters: Vec<(String, u32)>,
     /// Closed after this long without a byte either way.
     pub idle_timeout: Option<Duration>,
-    pub access_log: Option<AccessLogSink>,
+    pub access_log: AccessLog,
 }
 
 /// A gRPC access log service (ALS) destination.
@@ -494,13 +494,29 @@ fn socket_address(
     Ok(SocketAddr::new(ip, port))
 }
 
+/// Where a connection manager's or TCP proxy's entries go: a gRPC access log service
+/// (mixer), a file in Envoy's default format (`/dev/stdout` for the proxy's own log), both,
+/// or neither.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AccessLog {
+    pub grpc: Option<AccessLogSink>,
+    pub file: Option<String>,
+}
+
+impl AccessLog {
+    pub fn is_empty(&self) -> bool {
+        self.grpc.is_none() && self.file.is_none()
+    }
+}
+
 fn access_log(
-    logs: &[AccessLog],
+    logs: &[PbAccessLog],
     resource: &str,
     field: &str,
     http: bool,
-) -> Result<Option<AccessLogSink>, Refused> {
-    let mut sink = None;
+) -> Result<AccessLog, Refused> {
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+    let mut out = AccessLog::default();
     for (i, log) in logs.iter().enumerate() {
         let field = format!("{field}[{i}]");
         if log.filter.is_some() {
@@ -509,6 +525,24 @@ fn access_log(
         let Some(AccessLogConfig::TypedConfig(any)) = &log.config_type else {
             return Err(refuse(resource, &field, "no typed_config"));
         };
+        if any.type_url == FileAccessLog::type_url() {
+            let f: FileAccessLog = decode(any, resource, &field)?;
+            if f.access_log_format.is_some() {
+                return Err(refuse(
+                    resource,
+                    &format!("{field}.access_log_format"),
+                    "only Envoy's default format is supported",
+                ));
+            }
+            if f.path.is_empty() {
+                return Err(refuse(resource, &format!("{field}.path"), "no path"));
+            }
+            if out.file.is_some() {
+                return Err(refuse(resource, &field, "more than one file access log"));
+            }
+            out.file = Some(f.path);
+            continue;
+        }
         let (common, headers): (Option<CommonGrpcAccessLogConfig>, Vec<String>) = if http {
             let c: HttpGrpcAccessLogConfig = decode(any, resource, &field)?;
             (c.common_config, c.additional_request_headers_to_log)
@@ -531,10 +565,10 @@ fn access_log(
                 ));
             }
         };
-        if sink.is_some() {
-            return Err(refuse(resource, &field, "more than one access log"));
+        if out.grpc.is_some() {
+            return Err(refuse(resource, &field, "more than one gRPC access log"));
         }
-        sink = Some(AccessLogSink {
+        out.grpc = Some(AccessLogSink {
             log_name: common.log_name,
             cluster,
             flush_interval: common
@@ -549,7 +583,7 @@ fn access_log(
             request_headers: headers,
         });
     }
-    Ok(sink)
+    Ok(out)
 }
 
 const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";

@@ -459,7 +459,12 @@ fn config(backend_port: u16, gateway_port: u16, grpc_port: u16) -> String {
 /// TLS origination, one host per DestinationRule setting, all to the HTTPS backend:
 /// verified with SNI and a SAN (`tls`), with a client certificate (`mtls`), unverified
 /// (`tlsany`), signed by another CA (`tlsbadca`), a SAN the certificate lacks (`tlsbadsan`).
-fn tls_config(backend_port: u16, certs: &support::Certs, l4: (u16, u16)) -> String {
+fn tls_config(
+    backend_port: u16,
+    certs: &support::Certs,
+    l4: (u16, u16),
+    access_log: &Path,
+) -> String {
     let (ca, other) = (certs.path("ca.pem"), certs.path("other-ca.pem"));
     let (cert, key) = (certs.path("client.pem"), certs.path("client.key"));
     let rules = [
@@ -497,6 +502,8 @@ fn tls_config(backend_port: u16, certs: &support::Certs, l4: (u16, u16)) -> Stri
     docs.push(format!("apiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {{name: gw-l4, namespace: istio-system}}\nspec:\n  selector: {{istio: conformance}}\n  servers:\n  - port: {{number: {pass_port}, name: tls, protocol: TLS}}\n    hosts: [tls.backend]\n    tls: {{mode: PASSTHROUGH}}\n  - port: {{number: {tcp_port}, name: tcp, protocol: TCP}}\n    hosts: ['*']\n"));
     docs.push(format!("apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: pass, namespace: default}}\nspec:\n  hosts: [pass.backend]\n  location: MESH_INTERNAL\n  ports: [{{number: {backend_port}, name: tls, protocol: TLS}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.38}}]\n"));
     docs.push(format!("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: l4, namespace: default}}\nspec:\n  hosts: ['*']\n  gateways: [istio-system/gw-l4]\n  tls:\n  - match: [{{port: {pass_port}, sniHosts: [tls.backend]}}]\n    route: [{{destination: {{host: pass.backend, port: {{number: {backend_port}}}}}}}]\n  tcp:\n  - match: [{{port: {tcp_port}}}]\n    route:\n    - {{destination: {{host: a.backend, port: {{number: {backend_port}}}}}, weight: 0}}\n    - {{destination: {{host: b.backend, port: {{number: {backend_port}}}}}, weight: 100}}\n"));
+    // Istio's mesh config: access logs to a file in Envoy's default format.
+    docs.push(format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    accessLogFile: {}\n", access_log.display()));
     // A STRICT_DNS cluster: `localhost` resolved by the proxy (IPv4, as pilot asks).
     docs.push(format!("apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: dnsname, namespace: default}}\nspec:\n  hosts: [dnsname.backend]\n  location: MESH_EXTERNAL\n  ports: [{{number: {backend_port}, name: http, protocol: HTTP}}]\n  resolution: DNS\n  endpoints: [{{address: localhost}}]\n---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: dnsname, namespace: default}}\nspec:\n  hosts: [dnsname.test]\n  gateways: [istio-system/gw]\n  http:\n  - route: [{{destination: {{host: dnsname.backend}}}}]\n"));
     // A POST to the failing backend, retried: every attempt must carry the whole body.
@@ -659,6 +666,7 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
         );
     });
     let (pass_port, tcp_port) = (free_port(), free_port());
+    let access_log = dir.join("access.log");
     // An HTTPS backend for TLS origination (certificates from openssl).
     let certs = support::make_certs(&dir.join("certs"));
     rt.block_on(support::tls_backend(&certs, ("127.0.0.38", backend_port)));
@@ -704,7 +712,7 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
         .apply(
             &[keel_galley::core::Source {
                 name: "tls.yaml".into(),
-                text: tls_config(backend_port, &certs, (pass_port, tcp_port)),
+                text: tls_config(backend_port, &certs, (pass_port, tcp_port), &access_log),
             }],
             "default",
             false,
@@ -747,6 +755,11 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
                     "--disable-hot-restart",
                     "-l",
                     "warning",
+                    // Access log files are flushed every 10 s or 64 KiB by default.
+                    "--file-flush-interval-msec",
+                    "100",
+                    "--file-flush-min-size-kb",
+                    "0",
                 ]);
                 c
             }
@@ -969,6 +982,40 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
             }
         }
 
+        // The file access log in Envoy's default format: a routed request, a request no
+        // route matches, an injected abort (start time, duration and upstream service time
+        // masked).
+        let _ = std::fs::write(&access_log, "");
+        let ua = [("User-Agent", "keel-conformance")];
+        let (_, _, body, _) = request(gateway_port, "prefix.test", "/logged", &ua);
+        request(gateway_port, "nowhere.example", "/logged-nr", &[]);
+        request(gateway_port, "abort.test", "/logged-fi", &[]);
+        let want = [
+            format!("[T] \"GET /logged HTTP/1.1\" 200 - 0 {} D U \"X\" \"keel-conformance\" \"R\" \"prefix.test\" \"127.0.0.31:{backend_port}\"", body.len()),
+            "[T] \"GET /logged-nr HTTP/1.1\" 404 NR 0 0 D - \"X\" \"-\" \"R\" \"nowhere.example\" \"-\"".to_owned(),
+            "[T] \"GET /logged-fi HTTP/1.1\" 418 FI 0 18 D - \"X\" \"-\" \"R\" \"abort.test\" \"-\"".to_owned(),
+        ];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let got = loop {
+            let text = std::fs::read_to_string(&access_log).unwrap_or_default();
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| l.contains(" /logged"))
+                .map(support::mask_access_line)
+                .collect();
+            if lines.len() >= 3 || Instant::now() > deadline {
+                break lines;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if got != want {
+            let text = std::fs::read_to_string(&access_log).unwrap_or_default();
+            failures.push(format!(
+                "{candidate} / file-access-log:\n  got  {got:#?}\n  want {want:#?}\n  the file has {} lines: {text}",
+                text.lines().count(),
+            ));
+        }
+
         // TLS passthrough by SNI: the backend's own certificate and answer come back; a name
         // no chain matches gets the connection closed.
         match rt.block_on(support::tls_get(pass_port, "tls.backend", &certs)) {
@@ -1009,6 +1056,28 @@ fn every_scenario_behaves_the_same_on_envoy_and_keel_proxy() {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
+        // The same connection in the file log, Envoy's default format for TCP.
+        let want_line = format!(
+            "[T] \"- - -\" 0 - {} {} D - \"X\" \"-\" \"R\" \"-\" \"127.0.0.32:{backend_port}\"",
+            want.1, want.2
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let tcp_line = loop {
+            let text = std::fs::read_to_string(&access_log).unwrap_or_default();
+            let line = text
+                .lines()
+                .find(|l| l.contains("\"- - -\"") && l.contains("127.0.0.32:"))
+                .map(support::mask_access_line);
+            if line.is_some() || Instant::now() > deadline {
+                break line;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if tcp_line.as_deref() != Some(want_line.as_str()) {
+            failures.push(format!(
+                "{candidate} / tcp-file-access-log: {tcp_line:?}, want {want_line:?}"
+            ));
+        }
         match logged.as_slice() {
             [(cluster, rx, tx)]
                 if cluster.starts_with(&want.0)

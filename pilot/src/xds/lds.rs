@@ -137,10 +137,29 @@ const OUTBOUND: &str = "outbound";
 pub struct AccessLogs<'a> {
     /// The cluster of mixer's report service.
     pub cluster: Option<&'a str>,
+    /// Istio's `accessLogFile`.
+    pub file: Option<&'a str>,
 }
 
 impl AccessLogs<'_> {
-    pub const NONE: AccessLogs<'static> = AccessLogs { cluster: None };
+    pub const NONE: AccessLogs<'static> = AccessLogs {
+        cluster: None,
+        file: None,
+    };
+
+    /// Envoy's file access log in its default format.
+    fn file_log(&self) -> Option<AccessLog> {
+        use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+        let path = self.file?;
+        Some(AccessLog {
+            name: "envoy.access_loggers.file".into(),
+            config_type: Some(AccessLogConfig::TypedConfig(any(&FileAccessLog {
+                path: path.to_owned(),
+                ..Default::default()
+            }))),
+            ..Default::default()
+        })
+    }
 
     fn common(&self, reporter: &str) -> Option<CommonGrpcAccessLogConfig> {
         let cluster = self.cluster?;
@@ -162,36 +181,30 @@ impl AccessLogs<'_> {
     }
 
     fn http(&self, reporter: &str) -> Vec<AccessLog> {
-        self.common(reporter)
-            .map(|common_config| {
-                vec![AccessLog {
-                    name: "envoy.access_loggers.http_grpc".into(),
-                    config_type: Some(AccessLogConfig::TypedConfig(any(
-                        &HttpGrpcAccessLogConfig {
-                            common_config: Some(common_config),
-                            // Bookinfo's logged-in user, so rules can use request.headers["end-user"].
-                            additional_request_headers_to_log: vec!["end-user".into()],
-                            ..Default::default()
-                        },
-                    ))),
+        let grpc = self.common(reporter).map(|common_config| AccessLog {
+            name: "envoy.access_loggers.http_grpc".into(),
+            config_type: Some(AccessLogConfig::TypedConfig(any(
+                &HttpGrpcAccessLogConfig {
+                    common_config: Some(common_config),
+                    // Bookinfo's logged-in user, so rules can use request.headers["end-user"].
+                    additional_request_headers_to_log: vec!["end-user".into()],
                     ..Default::default()
-                }]
-            })
-            .unwrap_or_default()
+                },
+            ))),
+            ..Default::default()
+        });
+        self.file_log().into_iter().chain(grpc).collect()
     }
 
     fn tcp(&self, reporter: &str) -> Vec<AccessLog> {
-        self.common(reporter)
-            .map(|common_config| {
-                vec![AccessLog {
-                    name: "envoy.access_loggers.tcp_grpc".into(),
-                    config_type: Some(AccessLogConfig::TypedConfig(any(&TcpGrpcAccessLogConfig {
-                        common_config: Some(common_config),
-                    }))),
-                    ..Default::default()
-                }]
-            })
-            .unwrap_or_default()
+        let grpc = self.common(reporter).map(|common_config| AccessLog {
+            name: "envoy.access_loggers.tcp_grpc".into(),
+            config_type: Some(AccessLogConfig::TypedConfig(any(&TcpGrpcAccessLogConfig {
+                common_config: Some(common_config),
+            }))),
+            ..Default::default()
+        });
+        self.file_log().into_iter().chain(grpc).collect()
     }
 }
 
