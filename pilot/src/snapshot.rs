@@ -6,7 +6,6 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use keel_config::load::qualify_host;
@@ -38,6 +37,23 @@ pub struct Mesh {
     /// Istio's `accessLogFile`: every proxy also logs each request and connection there, in
     /// Envoy's default format (`/dev/stdout` in Istio's demo profile).
     pub access_log_file: Option<String>,
+    /// What every proxy's configuration shares, built (and encoded) once per configuration
+    /// on first use rather than once per proxy.
+    shared: std::sync::OnceLock<SharedParts>,
+    /// Sidecar route configurations by (namespace, workload labels when some route matches
+    /// on source labels): proxies alike share them.
+    sidecar_routes:
+        std::sync::Mutex<HashMap<(String, BTreeMap<String, String>), Arc<TypeResources>>>,
+}
+
+/// The parts of a proxy's configuration that do not depend on the proxy.
+#[derive(Debug)]
+struct SharedParts {
+    /// Every service's outbound clusters, encoded, and a hash of them all.
+    outbound_clusters: BTreeMap<String, Any>,
+    outbound_hash: u64,
+    /// Every service's endpoints (the same resources for every proxy).
+    endpoints: Arc<TypeResources>,
 }
 
 impl Mesh {
@@ -49,6 +65,8 @@ impl Mesh {
             telemetry: None,
             policy: None,
             access_log_file: None,
+            shared: std::sync::OnceLock::new(),
+            sidecar_routes: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -101,6 +119,33 @@ impl Mesh {
     pub fn with_telemetry(mut self, telemetry: Option<(String, u16)>) -> Mesh {
         self.telemetry = telemetry;
         self
+    }
+
+    fn shared(&self) -> &SharedParts {
+        self.shared.get_or_init(|| {
+            let rules = self.destination_rules();
+            let mut outbound_clusters = BTreeMap::new();
+            for c in cds::outbound_clusters(&self.registry, &rules) {
+                let a: Any = any(&c);
+                outbound_clusters.insert(c.name, a);
+            }
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for (name, a) in &outbound_clusters {
+                name.hash(&mut h);
+                a.value.hash(&mut h);
+            }
+            let endpoints = eds::assignments(&self.registry, &rules);
+            SharedParts {
+                outbound_clusters,
+                outbound_hash: h.finish(),
+                endpoints: resources(
+                    endpoints
+                        .into_iter()
+                        .map(|c| (c.cluster_name.clone(), c))
+                        .collect(),
+                ),
+            }
+        })
     }
 
     fn destination_rules(&self) -> HashMap<String, &DestinationRule> {
@@ -209,6 +254,29 @@ fn resources<M: prost::Message + prost::Name>(items: Vec<(String, M)>) -> Arc<Ty
     Arc::new(t)
 }
 
+/// The shared resources (already encoded) plus the proxy's own, versioned by the shared
+/// part's hash and the proxy's own resources.
+fn with_shared<M: prost::Message + prost::Name>(
+    shared: &BTreeMap<String, Any>,
+    shared_hash: u64,
+    own: Vec<(String, M)>,
+) -> TypeResources {
+    let mut t = TypeResources {
+        resources: shared.clone(),
+        ..Default::default()
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    shared_hash.hash(&mut h);
+    for (name, m) in own {
+        let a: Any = any(&m);
+        name.hash(&mut h);
+        a.value.hash(&mut h);
+        t.resources.insert(name, a);
+    }
+    t.version = format!("{:016x}", h.finish());
+    t
+}
+
 /// Everything `proxy` should have.
 pub fn proxy_snapshot(mesh: &Mesh, proxy: &Proxy) -> XdsSnapshot {
     let reg: &dyn ServiceRegistry = &mesh.registry;
@@ -218,7 +286,9 @@ pub fn proxy_snapshot(mesh: &Mesh, proxy: &Proxy) -> XdsSnapshot {
     let vss = mesh.virtual_services();
     let gateways = mesh.gateways();
 
-    let mut clusters: Vec<Cluster> = cds::clusters(reg, &rules, proxy);
+    let shared = mesh.shared();
+    // Outbound clusters come encoded from the shared parts; these are the proxy's own.
+    let mut clusters: Vec<Cluster> = cds::proxy_clusters(reg, proxy);
     let logs = match &mesh.telemetry {
         Some((host, port)) => {
             clusters.push(cds::mixer_cluster(cds::TELEMETRY_CLUSTER, host, *port));
@@ -239,22 +309,56 @@ pub fn proxy_snapshot(mesh: &Mesh, proxy: &Proxy) -> XdsSnapshot {
         }
         None => None,
     };
-    let endpoints: Vec<ClusterLoadAssignment> = eds::assignments(reg, &rules);
     let listeners: Vec<Listener> =
         lds::listeners(reg, &gateways, &vss, proxy, labels, logs, policy);
-    let routes: Vec<RouteConfiguration> = match proxy.kind {
-        ProxyKind::Sidecar => lds::sidecar_http_ports(reg)
-            .into_iter()
-            .map(|port| {
-                let ctx = RouteContext {
-                    gateways: Vec::new(),
-                    labels,
-                    port,
-                    rules: Some(&rules),
-                };
-                rds::sidecar_routes(port, reg, &vss, &proxy.namespace, &ctx)
-            })
-            .collect(),
+    let routes: Arc<TypeResources> = match proxy.kind {
+        ProxyKind::Sidecar => {
+            // A sidecar's routes depend on its namespace, and on its labels only where a
+            // route matches on source labels: proxies alike share one computation.
+            let by_labels = vss.iter().any(|vs| {
+                vs.spec
+                    .http
+                    .iter()
+                    .any(|r| r.matches.iter().any(|m| !m.source_labels.is_empty()))
+            });
+            let key = (
+                proxy.namespace.clone(),
+                if by_labels {
+                    labels.clone()
+                } else {
+                    BTreeMap::new()
+                },
+            );
+            let cached = mesh
+                .sidecar_routes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned();
+            match cached {
+                Some(r) => r,
+                None => {
+                    let computed: Vec<RouteConfiguration> = lds::sidecar_http_ports(reg)
+                        .into_iter()
+                        .map(|port| {
+                            let ctx = RouteContext {
+                                gateways: Vec::new(),
+                                labels,
+                                port,
+                                rules: Some(&rules),
+                            };
+                            rds::sidecar_routes(port, reg, &vss, &proxy.namespace, &ctx)
+                        })
+                        .collect();
+                    let r = resources(computed.into_iter().map(|r| (r.name.clone(), r)).collect());
+                    mesh.sidecar_routes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key, r.clone());
+                    r
+                }
+            }
+        }
         ProxyKind::Router => {
             let mine = lds::gateways_for(&gateways, labels);
             let names: Vec<String> = mine.iter().map(|(n, _)| n.clone()).collect();
@@ -268,7 +372,7 @@ pub fn proxy_snapshot(mesh: &Mesh, proxy: &Proxy) -> XdsSnapshot {
                 .collect();
             ports.sort_unstable();
             ports.dedup();
-            ports
+            let routes: Vec<(String, RouteConfiguration)> = ports
                 .into_iter()
                 .map(|port| {
                     let ctx = RouteContext {
@@ -279,31 +383,27 @@ pub fn proxy_snapshot(mesh: &Mesh, proxy: &Proxy) -> XdsSnapshot {
                     };
                     rds::gateway_routes(&format!("http.{port}"), reg, &vss, &ctx)
                 })
-                .collect()
+                .map(|r: RouteConfiguration| (r.name.clone(), r))
+                .collect();
+            resources(routes)
         }
     };
 
     let mut snap = XdsSnapshot::default();
     snap.types.insert(
         CLUSTER_TYPE.into(),
-        resources(clusters.into_iter().map(|c| (c.name.clone(), c)).collect()),
+        Arc::new(with_shared(
+            &shared.outbound_clusters,
+            shared.outbound_hash,
+            clusters.into_iter().map(|c| (c.name.clone(), c)).collect(),
+        )),
     );
-    snap.types.insert(
-        ENDPOINT_TYPE.into(),
-        resources(
-            endpoints
-                .into_iter()
-                .map(|c| (c.cluster_name.clone(), c))
-                .collect(),
-        ),
-    );
+    snap.types
+        .insert(ENDPOINT_TYPE.into(), shared.endpoints.clone());
     snap.types.insert(
         LISTENER_TYPE.into(),
         resources(listeners.into_iter().map(|l| (l.name.clone(), l)).collect()),
     );
-    snap.types.insert(
-        ROUTE_TYPE.into(),
-        resources(routes.into_iter().map(|r| (r.name.clone(), r)).collect()),
-    );
+    snap.types.insert(ROUTE_TYPE.into(), routes);
     snap
 }

@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_pilot;
 mod bench_proxy;
 
 #[derive(Parser, Debug)]
@@ -52,6 +53,13 @@ enum BenchWhat {
         #[arg(long)]
         quick: bool,
     },
+    /// Pilot at scale: N services x M stub proxies and one Envoy; change to ACK, pilot CPU
+    /// and memory (release builds, pilot pinned to one core).
+    Pilot {
+        /// Two small sizes and three changes each.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Bookinfo's own time per request on loopback, per service (release build).
     Samples {
         /// Requests per endpoint.
@@ -73,6 +81,8 @@ fn main() -> ExitCode {
             BenchWhat::Samples { requests } => bench::samples(&workspace_root(), requests),
             BenchWhat::Proxy { quick } => ensure_envoy(&workspace_root())
                 .and_then(|envoy| bench_proxy::proxy(&workspace_root(), &envoy, quick)),
+            BenchWhat::Pilot { quick } => ensure_envoy(&workspace_root())
+                .and_then(|envoy| bench_pilot::pilot(&workspace_root(), &envoy, quick)),
         },
     };
     match result {

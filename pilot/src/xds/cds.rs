@@ -380,6 +380,15 @@ pub fn clusters(
     rules: &DestinationRules<'_>,
     proxy: &Proxy,
 ) -> Vec<Cluster> {
+    let mut out = outbound_clusters(reg, rules);
+    out.extend(proxy_clusters(reg, proxy));
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Every service's outbound clusters (and their subsets'): the same for every proxy, so
+/// pilot builds them once per configuration (see `Mesh::shared`).
+pub fn outbound_clusters(reg: &dyn ServiceRegistry, rules: &DestinationRules<'_>) -> Vec<Cluster> {
     let mut out = Vec::new();
     for svc in reg.services() {
         let rule = rules.get(&svc.hostname).copied();
@@ -405,6 +414,13 @@ pub fn clusters(
             }
         }
     }
+    out
+}
+
+/// The clusters of one proxy: a sidecar's inbound clusters to its workload, and the
+/// black hole and passthrough clusters.
+pub fn proxy_clusters(reg: &dyn ServiceRegistry, proxy: &Proxy) -> Vec<Cluster> {
+    let mut out = Vec::new();
     if proxy.kind == ProxyKind::Sidecar {
         for (svc, port, target) in reg.services_of(proxy.ip) {
             let name = inbound_name(port.port, &svc.hostname);
@@ -444,6 +460,5 @@ pub fn clusters(
         lb_policy: LbPolicy::ClusterProvided as i32,
         ..Default::default()
     });
-    out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
