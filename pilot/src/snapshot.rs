@@ -42,9 +42,12 @@ pub struct Mesh {
     shared: std::sync::OnceLock<SharedParts>,
     /// Sidecar route configurations by (namespace, workload labels when some route matches
     /// on source labels): proxies alike share them.
-    sidecar_routes:
-        std::sync::Mutex<HashMap<(String, BTreeMap<String, String>), Arc<TypeResources>>>,
+    sidecar_routes: std::sync::Mutex<HashMap<RoutesKey, Arc<TypeResources>>>,
 }
+
+/// Which sidecars share route configurations: namespace, and labels (empty unless a route
+/// matches on source labels).
+type RoutesKey = (String, BTreeMap<String, String>);
 
 /// The parts of a proxy's configuration that do not depend on the proxy.
 #[derive(Debug)]
