@@ -40,10 +40,10 @@ pub fn to_xds(snap: &Snapshot) -> XdsSnapshot {
             let value = serde_json::to_vec(&r.to_value()).unwrap_or_default();
             t.resources.insert(
                 name,
-                Any {
+                Arc::new(Any {
                     type_url: type_url.clone(),
                     value,
-                },
+                }),
             );
         }
         out.types.insert(type_url, Arc::new(t));

@@ -53,7 +53,7 @@ type RoutesKey = (String, BTreeMap<String, String>);
 #[derive(Debug)]
 struct SharedParts {
     /// Every service's outbound clusters, encoded, and a hash of them all.
-    outbound_clusters: BTreeMap<String, Any>,
+    outbound_clusters: BTreeMap<String, Arc<Any>>,
     outbound_hash: u64,
     /// Every service's endpoints (the same resources for every proxy).
     endpoints: Arc<TypeResources>,
@@ -130,7 +130,7 @@ impl Mesh {
             let mut outbound_clusters = BTreeMap::new();
             for c in cds::outbound_clusters(&self.registry, &rules) {
                 let a: Any = any(&c);
-                outbound_clusters.insert(c.name, a);
+                outbound_clusters.insert(c.name, Arc::new(a));
             }
             let mut h = std::collections::hash_map::DefaultHasher::new();
             for (name, a) in &outbound_clusters {
@@ -251,7 +251,7 @@ fn resources<M: prost::Message + prost::Name>(items: Vec<(String, M)>) -> Arc<Ty
         let a: Any = any(&m);
         name.hash(&mut h);
         a.value.hash(&mut h);
-        t.resources.insert(name, a);
+        t.resources.insert(name, Arc::new(a));
     }
     t.version = format!("{:016x}", h.finish());
     Arc::new(t)
@@ -260,7 +260,7 @@ fn resources<M: prost::Message + prost::Name>(items: Vec<(String, M)>) -> Arc<Ty
 /// The shared resources (already encoded) plus the proxy's own, versioned by the shared
 /// part's hash and the proxy's own resources.
 fn with_shared<M: prost::Message + prost::Name>(
-    shared: &BTreeMap<String, Any>,
+    shared: &BTreeMap<String, Arc<Any>>,
     shared_hash: u64,
     own: Vec<(String, M)>,
 ) -> TypeResources {
@@ -274,7 +274,7 @@ fn with_shared<M: prost::Message + prost::Name>(
         let a: Any = any(&m);
         name.hash(&mut h);
         a.value.hash(&mut h);
-        t.resources.insert(name, a);
+        t.resources.insert(name, Arc::new(a));
     }
     t.version = format!("{:016x}", h.finish());
     t

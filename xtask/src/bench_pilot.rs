@@ -42,7 +42,11 @@ fn pod(i: usize) -> (String, String) {
     let n = i + 1;
     (
         format!("10.{}.{}.{}", 1 + n / 65536, (n / 256) % 256, n % 256),
-        format!("svc-{}-{}", i / 2, if i.is_multiple_of(2) { "a" } else { "b" }),
+        format!(
+            "svc-{}-{}",
+            i / 2,
+            if i.is_multiple_of(2) { "a" } else { "b" }
+        ),
     )
 }
 

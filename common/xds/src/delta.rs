@@ -134,7 +134,13 @@ impl DeltaState {
         let wanted = |name: &str| sub.names.as_ref().is_none_or(|n| n.contains(name));
         let current: BTreeMap<&String, &Any> = snap
             .get(type_url)
-            .map(|t| t.resources.iter().filter(|(n, _)| wanted(n)).collect())
+            .map(|t| {
+                t.resources
+                    .iter()
+                    .filter(|(n, _)| wanted(n))
+                    .map(|(n, a)| (n, &**a))
+                    .collect()
+            })
             .unwrap_or_default();
         let mut resources = Vec::new();
         let mut updated = BTreeMap::new();
@@ -222,10 +228,10 @@ mod tests {
         for (n, body) in items {
             t.resources.insert(
                 (*n).into(),
-                Any {
+                Arc::new(Any {
                     type_url: T.into(),
                     value: body.as_bytes().to_vec(),
-                },
+                }),
             );
         }
         XdsSnapshot {
@@ -289,10 +295,10 @@ mod tests {
                     .or_insert_with(|| Arc::new(TypeResources::default()));
                 Arc::make_mut(e).resources.insert(
                     (*n).into(),
-                    Any {
+                    Arc::new(Any {
                         type_url: (*t).into(),
                         value: body.as_bytes().to_vec(),
-                    },
+                    }),
                 );
             }
             snap

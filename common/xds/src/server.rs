@@ -182,7 +182,7 @@ impl StreamState {
                 t.resources
                     .iter()
                     .filter(|(name, _)| sub.names.as_ref().is_none_or(|n| n.contains(*name)))
-                    .map(|(_, any)| any.clone())
+                    .map(|(_, any)| envoy_types::pb::google::protobuf::Any::clone(any))
                     .collect(),
             ),
             None => (String::new(), Vec::new()),
@@ -527,10 +527,10 @@ mod tests {
         for n in names {
             t.resources.insert(
                 (*n).into(),
-                Any {
+                Arc::new(Any {
                     type_url: T.into(),
                     value: n.as_bytes().to_vec(),
-                },
+                }),
             );
         }
         XdsSnapshot {

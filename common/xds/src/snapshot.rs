@@ -9,8 +9,9 @@ use envoy_types::pb::google::protobuf::Any;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TypeResources {
     pub version: String,
-    /// Resource name -> resource.
-    pub resources: BTreeMap<String, Any>,
+    /// Resource name -> resource. Shared: proxies' snapshots hold the same encoded
+    /// resources (pilot's outbound clusters) without copying them.
+    pub resources: BTreeMap<String, Arc<Any>>,
 }
 
 /// Everything a server offers a client, by type URL. Types absent here are offered as

@@ -25,10 +25,10 @@ fn snapshot(version: &str, a: &[&str], b: &[&str]) -> Arc<XdsSnapshot> {
         for n in names {
             tr.resources.insert(
                 (*n).to_owned(),
-                Any {
+                Arc::new(Any {
                     type_url: t.to_owned(),
                     value: n.as_bytes().to_vec(),
-                },
+                }),
             );
         }
         snap.types.insert(t.to_owned(), Arc::new(tr));
