@@ -56,6 +56,17 @@ pub struct HttpEntry {
     pub downstream_local: SocketAddr,
 }
 
+impl HttpEntry {
+    /// A logged request header's value ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.request_headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    }
+}
+
 /// One proxied TCP connection, logged when it closes.
 #[derive(Clone, Debug)]
 pub struct TcpEntry {
@@ -195,18 +206,37 @@ fn pb_duration(d: Duration) -> PbDuration {
     }
 }
 
+/// The properties HTTP and TCP entries share.
+fn common(
+    downstream_remote: SocketAddr,
+    downstream_local: SocketAddr,
+    upstream: Option<SocketAddr>,
+    cluster: &str,
+    start: SystemTime,
+) -> AccessLogCommon {
+    AccessLogCommon {
+        downstream_remote_address: Some(address(downstream_remote)),
+        downstream_direct_remote_address: Some(address(downstream_remote)),
+        downstream_local_address: Some(address(downstream_local)),
+        upstream_remote_address: upstream.map(address),
+        upstream_cluster: cluster.to_owned(),
+        start_time: Some(pb_time(start)),
+        ..Default::default()
+    }
+}
+
 /// The ALS message for one TCP connection (pure).
 pub fn tcp_log_entry(e: &TcpEntry) -> TcpAccessLogEntry {
     TcpAccessLogEntry {
         common_properties: Some(AccessLogCommon {
-            downstream_remote_address: Some(address(e.downstream_remote)),
-            downstream_direct_remote_address: Some(address(e.downstream_remote)),
-            downstream_local_address: Some(address(e.downstream_local)),
-            upstream_remote_address: e.upstream_address.map(address),
-            upstream_cluster: e.upstream_cluster.clone(),
-            start_time: Some(pb_time(e.start_time)),
             duration: Some(pb_duration(e.duration)),
-            ..Default::default()
+            ..common(
+                e.downstream_remote,
+                e.downstream_local,
+                e.upstream_address,
+                &e.upstream_cluster,
+                e.start_time,
+            )
         }),
         connection_properties: Some(ConnectionProperties {
             received_bytes: e.received_bytes,
@@ -217,31 +247,17 @@ pub fn tcp_log_entry(e: &TcpEntry) -> TcpAccessLogEntry {
 
 /// The ALS message for one entry (pure).
 pub fn http_log_entry(e: &HttpEntry, extra_headers: &[String]) -> HttpAccessLogEntry {
-    let since = e.start_time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let header = |name: &str| {
-        e.request_headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    let pb_dur = |d: Duration| PbDuration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    };
+    let header = |name: &str| e.header(name).to_owned();
     HttpAccessLogEntry {
         common_properties: Some(AccessLogCommon {
-            downstream_remote_address: Some(address(e.downstream_remote)),
-            downstream_direct_remote_address: Some(address(e.downstream_remote)),
-            downstream_local_address: Some(address(e.downstream_local)),
-            upstream_remote_address: e.upstream_address.map(address),
-            upstream_cluster: e.upstream_cluster.clone(),
-            start_time: Some(Timestamp {
-                seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-                nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
-            }),
-            time_to_last_downstream_tx_byte: Some(pb_dur(e.duration)),
-            ..Default::default()
+            time_to_last_downstream_tx_byte: Some(pb_duration(e.duration)),
+            ..common(
+                e.downstream_remote,
+                e.downstream_local,
+                e.upstream_address,
+                &e.upstream_cluster,
+                e.start_time,
+            )
         }),
         request: Some(HttpRequestProperties {
             request_method: method(&e.method) as i32,
@@ -458,13 +474,7 @@ fn dash(v: &str) -> &str {
 
 /// One request in Envoy's default access log format (pure).
 pub fn http_default_line(e: &HttpEntry) -> String {
-    let header = |name: &str| {
-        e.request_headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
-    };
+    let header = |name: &str| e.header(name);
     format!(
         "[{}] \"{} {} {}\" {} {} {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\"\n",
         start_time(e.start_time),

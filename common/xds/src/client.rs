@@ -231,6 +231,26 @@ async fn stream_inner(
     Ok(())
 }
 
+/// A NACK's error detail.
+fn nack_status(reason: &str) -> RpcStatus {
+    RpcStatus {
+        code: 3, // INVALID_ARGUMENT
+        message: reason.to_owned(),
+        details: vec![],
+    }
+}
+
+/// Keeps the reason of a rejected push in the published state (the accepted one stays).
+fn record_nack(tx: &watch::Sender<Arc<ClientState>>, type_url: &str, reason: String) {
+    tracing::warn!(%type_url, %reason, "rejected a push; keeping the last good state");
+    let type_url = type_url.to_owned();
+    tx.send_modify(|s| {
+        let mut next = (**s).clone();
+        next.last_nack = Some((type_url, reason));
+        *s = Arc::new(next);
+    });
+}
+
 async fn handle_response(
     config: &ClientConfig,
     validator: &dyn Validate,
@@ -253,24 +273,12 @@ async fn handle_response(
         type_url: resp.type_url.clone(),
         version_info: ack_version,
         response_nonce: resp.nonce.clone(),
-        error_detail: verdict.as_ref().err().map(|reason| RpcStatus {
-            code: 3, // INVALID_ARGUMENT
-            message: reason.clone(),
-            details: vec![],
-        }),
+        error_detail: verdict.as_ref().err().map(|reason| nack_status(reason)),
         ..Default::default()
     };
     let _ = req_tx.send(req).await;
     match verdict {
-        Err(reason) => {
-            tracing::warn!(type_url = %resp.type_url, %reason, "rejected a push; keeping the last good state");
-            let type_url = resp.type_url.clone();
-            tx.send_modify(|s| {
-                let mut next = (**s).clone();
-                next.last_nack = Some((type_url, reason));
-                *s = Arc::new(next);
-            });
-        }
+        Err(reason) => record_nack(tx, &resp.type_url, reason),
         Ok(()) => {
             pending.insert(
                 resp.type_url.clone(),
@@ -400,24 +408,12 @@ async fn handle_delta(
     let req = DeltaDiscoveryRequest {
         type_url: resp.type_url.clone(),
         response_nonce: resp.nonce.clone(),
-        error_detail: verdict.as_ref().err().map(|reason| RpcStatus {
-            code: 3, // INVALID_ARGUMENT
-            message: reason.clone(),
-            details: vec![],
-        }),
+        error_detail: verdict.as_ref().err().map(|reason| nack_status(reason)),
         ..Default::default()
     };
     let _ = req_tx.send(req).await;
     match verdict {
-        Err(reason) => {
-            tracing::warn!(type_url = %resp.type_url, %reason, "rejected a delta push; keeping the last good state");
-            let type_url = resp.type_url.clone();
-            tx.send_modify(|s| {
-                let mut next = (**s).clone();
-                next.last_nack = Some((type_url, reason));
-                *s = Arc::new(next);
-            });
-        }
+        Err(reason) => record_nack(tx, &resp.type_url, reason),
         Ok(()) => {
             // The type's version: the server's, or else one made from the resources'.
             let version = if resp.system_version_info.is_empty() {
