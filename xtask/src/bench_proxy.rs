@@ -2,9 +2,10 @@
 //! same pilot with the same configuration (performance.md).
 //!
 //! What runs today: the path `direct` (load generator -> backend) and `gateway` (load
-//! generator -> proxy as an ingress gateway -> backend), plaintext HTTP/1.1, 1 KiB answers.
-//! The sidecar paths (one and two hops through iptables capture), mTLS, HTTP/2 and the
-//! HAProxy/nginx references are not measured yet; the report says so.
+//! generator -> proxy as an ingress gateway -> backend), plaintext HTTP/1.1, 1 KiB answers,
+//! with nginx and HAProxy (Debian's) as plain L7 hops on the same path for reference (one
+//! worker, keep-alive to the backend). The sidecar paths (one and two hops through iptables
+//! capture), mTLS and HTTP/2 are not measured yet; the report says so.
 //!
 //! Method: release builds; galley and pilot started here with a ServiceEntry for the backend
 //! and a Gateway + VirtualService for the proxies; each proxy starts from the same JSON
@@ -414,6 +415,38 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// nginx as a plain L7 hop: one process (no master, so its pid is the one measured),
+/// keep-alive upstream connections, no access log.
+fn nginx_config(dir: &Path) -> Result<PathBuf> {
+    let tmp = dir.join("nginx-tmp");
+    std::fs::create_dir_all(&tmp)?;
+    let t = tmp.display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {t}/body;\n  proxy_temp_path {t}/proxy;\n  fastcgi_temp_path {t}/fastcgi;\n  uwsgi_temp_path {t}/uwsgi;\n  scgi_temp_path {t}/scgi;\n  upstream backend {{ server 127.0.0.1:{BACKEND}; keepalive 32; }}\n  server {{\n    listen 127.0.0.1:{GATEWAY};\n    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
+        d = dir.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    Ok(path)
+}
+
+/// HAProxy as a plain L7 hop: one thread, HTTP mode, connections to the backend reused.
+fn haproxy_config(dir: &Path) -> Result<PathBuf> {
+    let conf = format!(
+        "global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\nfrontend fe\n  bind 127.0.0.1:{GATEWAY}\n  default_backend be\nbackend be\n  server s1 127.0.0.1:{BACKEND}\n"
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, conf)?;
+    Ok(path)
+}
+
+fn sbin(name: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
 pub fn proxy(root: &Path, envoy: &Path, quick: bool) -> Result<()> {
     eprintln!("xtask: building release binaries (keel-proxy, keel-pilot, keel-galley)");
     let ok = Command::new("cargo")
@@ -508,18 +541,44 @@ pub fn proxy(root: &Path, envoy: &Path, quick: bool) -> Result<()> {
             .args(["--concurrency", "1", "--disable-hot-restart", "-l", "error"]);
         c
     };
+    let nginx = sbin("nginx");
+    let haproxy = sbin("haproxy");
+    let (nginx_conf, haproxy_conf) = (nginx_config(&dir)?, haproxy_config(&dir)?);
+    let nginx_cmd = || {
+        nginx.as_ref().map(|bin| {
+            let mut c = pinned("1", bin);
+            c.arg("-c").arg(&nginx_conf);
+            c
+        })
+    };
+    let haproxy_cmd = || {
+        haproxy.as_ref().map(|bin| {
+            let mut c = pinned("1", bin);
+            c.arg("-f").arg(&haproxy_conf).arg("-db");
+            c
+        })
+    };
     let repeats = if quick { 1 } else { 3 };
     let mut runs: Vec<Row> = Vec::new();
     for r in 0..repeats {
         eprintln!(
-            "xtask: round {}/{repeats}: direct, keel-proxy, envoy",
+            "xtask: round {}/{repeats}: direct, keel-proxy, envoy, nginx, haproxy",
             r + 1
         );
         runs.push(run_candidate("direct", None, quick)?);
         runs.push(run_candidate("keel-proxy", Some(keel()), quick)?);
         runs.push(run_candidate("envoy", Some(envoy_cmd()), quick)?);
+        if let Some(c) = nginx_cmd() {
+            runs.push(run_candidate("nginx", Some(c), quick)?);
+        }
+        if let Some(c) = haproxy_cmd() {
+            runs.push(run_candidate("haproxy", Some(c), quick)?);
+        }
     }
-    let candidates = ["direct", "keel-proxy", "envoy"];
+    let candidates: Vec<&str> = ["direct", "keel-proxy", "envoy", "nginx", "haproxy"]
+        .into_iter()
+        .filter(|c| runs.iter().any(|r| r.candidate == *c))
+        .collect();
     let med = |name: &str, f: &dyn Fn(&Row) -> f64| {
         median(runs.iter().filter(|r| r.candidate == name).map(f).collect())
     };
@@ -540,10 +599,10 @@ pub fn proxy(root: &Path, envoy: &Path, quick: bool) -> Result<()> {
             row(&|r| r.p99),
             row(&|r| r.max),
         );
-        let path = if name == "direct" {
-            "direct"
-        } else {
-            "gateway"
+        let path = match name {
+            "direct" => "direct",
+            "nginx" | "haproxy" => "l7-hop",
+            _ => "gateway",
         };
         let errors: u64 = runs
             .iter()
@@ -579,7 +638,7 @@ pub fn proxy(root: &Path, envoy: &Path, quick: bool) -> Result<()> {
     let k = |f: &dyn Fn(&Row) -> f64| med("keel-proxy", f);
     let e = |f: &dyn Fn(&Row) -> f64| med("envoy", f);
     let summary = format!(
-        "\nkeel-proxy / Envoy (goal in brackets): added p50 {} [≤0.5x], added p99 {} [≤0.5x], CPU per 1000 requests {} [≤0.33x], RSS at the end {} [≤0.2x], max throughput {} [≥1.5x].\nNot measured yet: sidecar paths (one and two hops through capture), mTLS, HTTP/2, HAProxy and nginx.\n",
+        "\nkeel-proxy / Envoy (goal in brackets): added p50 {} [≤0.5x], added p99 {} [≤0.5x], CPU per 1000 requests {} [≤0.33x], RSS at the end {} [≤0.2x], max throughput {} [≥1.5x].\nNot measured yet: sidecar paths (one and two hops through capture), mTLS, HTTP/2.\n",
         ratio(k(&|r| r.p50) - direct[0], e(&|r| r.p50) - direct[0]),
         ratio(k(&|r| r.p99) - direct[2], e(&|r| r.p99) - direct[2]),
         ratio(k(&|r| r.cpu_s_per_1000), e(&|r| r.cpu_s_per_1000)),

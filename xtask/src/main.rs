@@ -79,8 +79,11 @@ fn main() -> ExitCode {
         Task::BenchBackend { port } => bench_proxy::backend(port),
         Task::Bench { what } => match what {
             BenchWhat::Samples { requests } => bench::samples(&workspace_root(), requests),
-            BenchWhat::Proxy { quick } => ensure_envoy(&workspace_root())
-                .and_then(|envoy| bench_proxy::proxy(&workspace_root(), &envoy, quick)),
+            BenchWhat::Proxy { quick } => {
+                ensure_debian_packages(&[("nginx", "nginx"), ("haproxy", "haproxy")])
+                    .and_then(|()| ensure_envoy(&workspace_root()))
+                    .and_then(|envoy| bench_proxy::proxy(&workspace_root(), &envoy, quick))
+            }
             BenchWhat::Pilot { quick } => ensure_envoy(&workspace_root())
                 .and_then(|envoy| bench_pilot::pilot(&workspace_root(), &envoy, quick)),
         },
