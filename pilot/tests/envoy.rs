@@ -214,7 +214,7 @@ impl Mixer {
             monitoring_port,
             stdout,
         };
-        eventually("mixer to be ready", Duration::from_secs(10), || {
+        eventually("mixer to be ready", Duration::from_secs(20), || {
             get(m.monitoring_port, "/ready", &[])
                 .ok()
                 .filter(|(s, _, _)| *s == 200)
@@ -452,7 +452,7 @@ fn envoy_acks_everything_and_routes_as_configured() {
 
     // Every type is ACKed and nothing NACKed.
     let syncs = pilot.syncs.clone();
-    eventually("Envoy to ACK every type", Duration::from_secs(10), || {
+    eventually("Envoy to ACK every type", Duration::from_secs(20), || {
         let streams = syncs.streams();
         let s = streams.first()?;
         let all_acked = [
@@ -632,7 +632,7 @@ fn envoy_acks_everything_and_routes_as_configured() {
     });
     std::thread::sleep(Duration::from_millis(1500)); // one more flush: nothing extra arrives
     assert_eq!(mixer.double_count() - before, 2.0 * f64::from(k));
-    let lines: Vec<String> = eventually("the log lines", Duration::from_secs(5), || {
+    let lines: Vec<String> = eventually("the log lines", Duration::from_secs(15), || {
         let l = mixer.log_lines();
         (l.len() >= lines_before.len() + k as usize).then_some(l)
     });
@@ -725,7 +725,7 @@ fn envoy_acks_everything_and_routes_as_configured() {
         "  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 50\n    - destination: {host: reviews, subset: v3}\n      weight: 50\n",
     ));
     let changed = Instant::now();
-    eventually("the split to take effect", Duration::from_secs(5), || {
+    eventually("the split to take effect", Duration::from_secs(15), || {
         let (_, body, _) = get(gateway_port, "/reviews/0", &host).ok()?;
         (version_of(&body) == "v3").then_some(())
     });
@@ -758,7 +758,7 @@ fn envoy_acks_everything_and_routes_as_configured() {
     - destination: {host: reviews, subset: v1}
 ",
     ));
-    eventually("the abort to take effect", Duration::from_secs(5), || {
+    eventually("the abort to take effect", Duration::from_secs(15), || {
         let (s, _, _) = get(
             gateway_port,
             "/reviews/0",
@@ -817,7 +817,7 @@ fn envoy_acks_everything_and_routes_as_configured() {
     apply(&reviews_vs(
         "  - route:\n    - destination: {host: reviews}\n",
     ));
-    eventually("the unversioned route", Duration::from_secs(5), || {
+    eventually("the unversioned route", Duration::from_secs(15), || {
         let seen: std::collections::BTreeSet<_> = (0..30)
             .filter_map(|_| get(gateway_port, "/reviews/0", &host).ok())
             .map(|(_, b, _)| version_of(&b))
@@ -833,7 +833,7 @@ fn envoy_acks_everything_and_routes_as_configured() {
     };
     apply(&vs("slow", "slow.bookinfo.test", "    timeout: 200ms\n"));
     let slow = [("Host", "slow.bookinfo.test")];
-    let (s, _, took) = eventually("the timeout route", Duration::from_secs(5), || {
+    let (s, _, took) = eventually("the timeout route", Duration::from_secs(15), || {
         get(gateway_port, "/", &slow)
             .ok()
             .filter(|(s, _, _)| *s == 504)
@@ -851,7 +851,7 @@ fn envoy_acks_everything_and_routes_as_configured() {
         "    retries: {attempts: 2, perTryTimeout: 1s}\n",
     ));
     let flaky = [("Host", "flaky.bookinfo.test")];
-    eventually("the retry route", Duration::from_secs(5), || {
+    eventually("the retry route", Duration::from_secs(15), || {
         get(gateway_port, "/", &flaky)
             .ok()
             .filter(|(s, _, _)| *s == 200)
@@ -865,7 +865,7 @@ fn envoy_acks_everything_and_routes_as_configured() {
         "one try and two retries"
     );
     apply(&vs("flaky", "flaky.bookinfo.test", ""));
-    eventually("retries to be gone", Duration::from_secs(5), || {
+    eventually("retries to be gone", Duration::from_secs(15), || {
         let before = flaky_hits.load(std::sync::atomic::Ordering::SeqCst);
         let (s, _, _) = get(gateway_port, "/", &flaky).ok()?;
         let tries = flaky_hits.load(std::sync::atomic::Ordering::SeqCst) - before;
