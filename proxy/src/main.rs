@@ -37,11 +37,19 @@ fn main() -> ExitCode {
             &initial,
         );
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.concurrency.max(1))
-        .enable_all()
-        .build()
-    {
+    // One worker (Envoy's --concurrency 1, a sidecar's usual setting): the whole proxy on
+    // one thread, without the work-stealing scheduler's cross-thread wake-ups.
+    let built = if args.concurrency <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.concurrency)
+            .enable_all()
+            .build()
+    };
+    let runtime = match built {
         Ok(r) => r,
         Err(e) => {
             eprintln!("keel-proxy: cannot start the runtime: {e}");
