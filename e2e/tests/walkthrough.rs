@@ -938,11 +938,18 @@ fn logs_to_fluentd(mesh: &Mesh, gw: &str) -> Result<()> {
             .and_then(|l| l.split_whitespace().next())
             .map(str::to_owned))
     })?;
-    let problems = mesh.status()?["problems"].to_string();
-    ensure!(
-        problems.contains("elasticsearch-oss:6.1.1") && problems.contains("kibana-oss:6.1.1"),
-        "Elasticsearch and Kibana should be reported as not runnable here: {problems}"
-    );
+    // The runtime takes the stack's pods one by one: fluentd running does not mean the
+    // other two have been looked at yet.
+    eventually(
+        "Elasticsearch and Kibana reported as not runnable here",
+        Duration::from_secs(30),
+        || {
+            let problems = mesh.status()?["problems"].to_string();
+            Ok((problems.contains("elasticsearch-oss:6.1.1")
+                && problems.contains("kibana-oss:6.1.1"))
+            .then_some(()))
+        },
+    )?;
     mesh.apply(&to_fluentd)?;
     eventually("mixer running the fluentd rule", PROPAGATION, || {
         let c = Client::new("127.0.0.1:15014")
