@@ -173,16 +173,8 @@ impl Upstreams {
         addr: SocketAddr,
     ) -> Result<TokioIo<crate::connect::Upstream>, crate::body::BodyError> {
         use tower_service::Service;
-        let tls = cluster
-            .tls
-            .as_ref()
-            .map(|t| self.client_tls.get(t))
-            .transpose()?;
-        let mut tcp = HttpConnector::new();
-        tcp.set_connect_timeout(Some(cluster.connect_timeout));
-        tcp.set_nodelay(true);
-        let sni = cluster.tls.as_ref().map_or("", |t| t.sni.as_str());
-        let mut connector = Connector::new(tcp, tls.map(|c| (c, sni)));
+        let tls = self.tls_config(cluster)?;
+        let mut connector = connector(cluster, tls);
         let uri: hyper::Uri = format!("http://{addr}").parse()?;
         Ok(TokioIo::new(connector.call(uri).await?))
     }
@@ -245,12 +237,20 @@ impl Upstreams {
     }
 
     /// The cluster's connection pool; an error when its TLS settings cannot be loaded.
-    fn client(&self, cluster: &Cluster) -> Result<UpstreamClient, crate::tls::TlsError> {
-        let tls = cluster
+    /// The cluster's TLS client configuration, when it originates TLS.
+    fn tls_config(
+        &self,
+        cluster: &Cluster,
+    ) -> Result<Option<Arc<rustls::ClientConfig>>, crate::tls::TlsError> {
+        cluster
             .tls
             .as_ref()
             .map(|t| self.client_tls.get(t))
-            .transpose()?;
+            .transpose()
+    }
+
+    fn client(&self, cluster: &Cluster) -> Result<UpstreamClient, crate::tls::TlsError> {
+        let tls = self.tls_config(cluster)?;
         // Settings are part of the key: a changed cluster gets a pool of its own.
         let key = format!(
             "{}|{}|{:?}|{:?}|{:?}|{:?}",
@@ -267,11 +267,7 @@ impl Upstreams {
         {
             return Ok(pool.client.clone());
         }
-        let mut tcp = HttpConnector::new();
-        tcp.set_connect_timeout(Some(cluster.connect_timeout));
-        tcp.set_nodelay(true);
-        let sni = cluster.tls.as_ref().map_or("", |t| t.sni.as_str());
-        let connector = Connector::new(tcp, tls.clone().map(|c| (c, sni)));
+        let connector = connector(cluster, tls.clone());
         let mut builder = Client::builder(TokioExecutor::new());
         builder.pool_idle_timeout(cluster.idle_timeout.unwrap_or(Duration::from_secs(60)));
         // Clusters with HTTP/2 protocol options (gRPC services) speak HTTP/2 upstream.
@@ -335,6 +331,16 @@ impl Upstreams {
             }
         }
     }
+}
+
+/// How to reach a cluster's endpoints: TCP, then TLS with `tls` when the cluster
+/// originates it.
+fn connector(cluster: &Cluster, tls: Option<Arc<rustls::ClientConfig>>) -> Connector {
+    let mut tcp = HttpConnector::new();
+    tcp.set_connect_timeout(Some(cluster.connect_timeout));
+    tcp.set_nodelay(true);
+    let sni = cluster.tls.as_ref().map_or("", |t| t.sni.as_str());
+    Connector::new(tcp, tls.map(|c| (c, sni)))
 }
 
 /// Serves one downstream connection (HTTP/1.1, keep-alive).

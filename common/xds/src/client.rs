@@ -159,13 +159,7 @@ async fn run(
         if let Some(e) = error {
             tracing::debug!(endpoint = %config.endpoint, error = %e, "ADS stream failed; retrying");
         }
-        tx.send_modify(|s| {
-            if s.connected {
-                let mut next = (**s).clone();
-                next.connected = false;
-                *s = Arc::new(next);
-            }
-        });
+        set_connected(&tx, false);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(config.max_backoff);
     }
@@ -215,11 +209,7 @@ async fn stream_inner(
         .stream_aggregated_resources(ReceiverStream::new(req_rx))
         .await?
         .into_inner();
-    tx.send_modify(|s| {
-        let mut next = (**s).clone();
-        next.connected = true;
-        *s = Arc::new(next);
-    });
+    set_connected(tx, true);
     let mut pending: BTreeMap<String, AcceptedType> = BTreeMap::new();
     while let Some(resp) = inbound.message().await? {
         *received = true;
@@ -229,6 +219,19 @@ async fn stream_inner(
         handle_response(config, validator, tx, &req_tx, &mut pending, resp).await;
     }
     Ok(())
+}
+
+/// Publishes whether a stream is up (only when that changes).
+fn set_connected(tx: &watch::Sender<Arc<ClientState>>, up: bool) {
+    tx.send_if_modified(|s| {
+        if s.connected == up {
+            return false;
+        }
+        let mut next = (**s).clone();
+        next.connected = up;
+        *s = Arc::new(next);
+        true
+    });
 }
 
 /// A NACK's error detail.
@@ -352,11 +355,7 @@ async fn delta_inner(
         .delta_aggregated_resources(ReceiverStream::new(req_rx))
         .await?
         .into_inner();
-    tx.send_modify(|s| {
-        let mut next = (**s).clone();
-        next.connected = true;
-        *s = Arc::new(next);
-    });
+    set_connected(tx, true);
     while let Some(resp) = inbound.message().await? {
         *received = true;
         if tx.is_closed() {
