@@ -37,7 +37,29 @@ enum Task {
     Demo,
     /// The benchmark's 1 KiB backend (started by `bench proxy`).
     #[command(hide = true)]
-    BenchBackend { port: u16 },
+    BenchBackend {
+        port: u16,
+        #[arg(default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
+    },
+    /// The benchmark's load generator, run by `bench proxy` inside a pod's namespace:
+    /// prints `requests errors`, then one latency (µs) per line.
+    #[command(hide = true)]
+    BenchLoad {
+        addr: std::net::SocketAddr,
+        host: String,
+        /// Requests per second (0: as fast as possible).
+        rate: u32,
+        warmup_ms: u64,
+        duration_ms: u64,
+    },
+    /// Exits 0 once a request answers 200 (`bench proxy`'s readiness check in a pod).
+    #[command(hide = true)]
+    BenchProbe {
+        addr: std::net::SocketAddr,
+        host: String,
+        timeout_ms: u64,
+    },
     /// Benchmarks (numbers go to target/bench/; never assertions).
     Bench {
         #[command(subcommand)]
@@ -76,7 +98,19 @@ fn main() -> ExitCode {
             nextest_args,
         } => test(no_lint, &nextest_args),
         Task::Demo => demo(),
-        Task::BenchBackend { port } => bench_proxy::backend(port),
+        Task::BenchBackend { port, address } => bench_proxy::backend(port, address),
+        Task::BenchLoad {
+            addr,
+            host,
+            rate,
+            warmup_ms,
+            duration_ms,
+        } => bench_proxy::load_main(addr, &host, rate, warmup_ms, duration_ms),
+        Task::BenchProbe {
+            addr,
+            host,
+            timeout_ms,
+        } => bench_proxy::probe_main(addr, &host, timeout_ms),
         Task::Bench { what } => match what {
             BenchWhat::Samples { requests } => bench::samples(&workspace_root(), requests),
             BenchWhat::Proxy { quick } => {
