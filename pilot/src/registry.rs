@@ -140,6 +140,13 @@ impl ServiceRegistry for Registry {
     fn workload(&self, ip: IpAddr) -> Option<&Workload> {
         self.workloads.get(&ip)
     }
+
+    fn services_of(&self, ip: IpAddr) -> Vec<(Arc<Service>, ServicePort, u16)> {
+        self.served
+            .get(&ip.to_string())
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 /// Services and their endpoints, by FQDN and port.
@@ -149,6 +156,9 @@ pub struct Registry {
     endpoints: HashMap<(String, u16), Vec<Endpoint>>,
     /// Pod workloads by IP: what a connecting sidecar is.
     workloads: HashMap<IpAddr, Workload>,
+    /// What the endpoint at an address serves, in `services_of`'s order: indexed once
+    /// rather than scanned for every connecting proxy.
+    served: HashMap<String, Vec<(Arc<Service>, ServicePort, u16)>>,
 }
 
 /// A running workload (pod): who a proxy at its IP is.
@@ -195,6 +205,19 @@ impl Registry {
         for eps in reg.endpoints.values_mut() {
             eps.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
         }
+        let mut served: HashMap<String, Vec<_>> = HashMap::new();
+        for svc in reg.services.values() {
+            for port in &svc.ports {
+                for ep in reg.endpoints(&svc.hostname, port.port) {
+                    served.entry(ep.address.clone()).or_default().push((
+                        svc.clone(),
+                        port.clone(),
+                        ep.port,
+                    ));
+                }
+            }
+        }
+        reg.served = served;
         reg
     }
 

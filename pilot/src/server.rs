@@ -129,7 +129,8 @@ impl SnapshotSource for ProxySnapshots {
                     .convergence
                     .observe(changed_at.elapsed().as_secs_f64());
                 tx.send_if_modified(|old| {
-                    if **old == snap {
+                    // Versions are hashes of the resources: equal versions, equal content.
+                    if old.same_versions(&snap) {
                         false
                     } else {
                         *old = Arc::new(snap);

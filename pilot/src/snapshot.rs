@@ -153,7 +153,7 @@ impl Mesh {
 
     fn destination_rules(&self) -> HashMap<String, &DestinationRule> {
         let mut out = HashMap::new();
-        for r in self.config.resources.values() {
+        for (_, r) in self.config.of_kind(Kind::DestinationRule) {
             if let Spec::DestinationRule(dr) = &r.spec {
                 out.entry(qualify_host(&dr.host, r.namespace()))
                     .or_insert(dr);
@@ -164,9 +164,8 @@ impl Mesh {
 
     fn virtual_services(&self) -> Vec<ScopedVirtualService<'_>> {
         self.config
-            .resources
-            .values()
-            .filter_map(|r| match &r.spec {
+            .of_kind(Kind::VirtualService)
+            .filter_map(|(_, r)| match &r.spec {
                 Spec::VirtualService(vs) => Some(ScopedVirtualService {
                     namespace: r.namespace(),
                     spec: vs,
@@ -178,9 +177,7 @@ impl Mesh {
 
     fn gateways(&self) -> Vec<(String, &Gateway)> {
         self.config
-            .resources
-            .iter()
-            .filter(|(k, _)| k.kind == Kind::Gateway)
+            .of_kind(Kind::Gateway)
             .filter_map(|(k, r)| match &r.spec {
                 Spec::Gateway(g) => Some((format!("{}/{}", k.namespace, k.name), g)),
                 _ => None,

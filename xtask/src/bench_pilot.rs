@@ -173,6 +173,9 @@ struct SizeResult {
     changes: Vec<Vec<f64>>,
     envoy_ack_s: Vec<f64>,
     pilot_cpu_per_change_s: f64,
+    /// The stub proxies' CPU per change (the harness: pushes are only as fast as the
+    /// stubs can take them on their one core).
+    stubs_cpu_per_change_s: f64,
     pilot_rss_kb: u64,
     pilot_hwm_kb: u64,
 }
@@ -344,7 +347,9 @@ fn run_size(
     std::thread::sleep(Duration::from_secs(2));
     while rx.try_recv().is_ok() {}
 
+    let stubs_pid = stubs.0.id();
     let cpu_before = proc_cpu(pilot_pid);
+    let stubs_cpu_before = proc_cpu(stubs_pid);
     let mut per_change = Vec::new();
     let mut envoy_ack = Vec::new();
     for k in 1..=changes {
@@ -395,6 +400,7 @@ fn run_size(
         std::thread::sleep(Duration::from_millis(500));
     }
     let cpu_after = proc_cpu(pilot_pid);
+    let stubs_cpu_after = proc_cpu(stubs_pid);
     Ok(SizeResult {
         services,
         proxies,
@@ -404,12 +410,27 @@ fn run_size(
         changes: per_change,
         envoy_ack_s: envoy_ack,
         pilot_cpu_per_change_s: (cpu_after - cpu_before) / changes.max(1) as f64,
+        stubs_cpu_per_change_s: (stubs_cpu_after - stubs_cpu_before) / changes.max(1) as f64,
         pilot_rss_kb: status_kb(pilot_pid, "VmRSS:"),
         pilot_hwm_kb: status_kb(pilot_pid, "VmHWM:"),
     })
 }
 
-pub fn pilot(root: &Path, envoy: &Path, quick: bool) -> Result<()> {
+/// `--size 1000x2000`: services and proxies.
+pub fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let (n, m) = s
+        .split_once('x')
+        .ok_or_else(|| format!("\"{s}\" is not SERVICESxPROXIES (e.g. 1000x2000)"))?;
+    let number = |v: &str| {
+        v.parse::<usize>()
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| format!("\"{v}\" in \"{s}\" is not a positive number"))
+    };
+    Ok((number(n)?, number(m)?))
+}
+
+pub fn pilot(root: &Path, envoy: &Path, quick: bool, only: Option<(usize, usize)>) -> Result<()> {
     eprintln!("xtask: building release binaries (keel-pilot, keel-galley, the stub proxies)");
     let ok = Command::new("cargo")
         .args([
@@ -447,21 +468,21 @@ pub fn pilot(root: &Path, envoy: &Path, quick: bool) -> Result<()> {
         .args(["-pc", "0", &std::process::id().to_string()])
         .stdout(Stdio::null())
         .status();
-    let sizes: &[(usize, usize)] = if quick {
-        &[(100, 100), (1000, 200)]
-    } else {
-        &[(100, 100), (1000, 100), (1000, 1000), (1000, 2000)]
+    let sizes: Vec<(usize, usize)> = match only {
+        Some(size) => vec![size],
+        None if quick => vec![(100, 100), (1000, 200)],
+        None => vec![(100, 100), (1000, 100), (1000, 1000), (1000, 2000)],
     };
     let changes = if quick { 3 } else { 5 };
     let mut results = Vec::new();
-    for &(services, proxies) in sizes {
+    for (services, proxies) in sizes {
         eprintln!("xtask: pilot with {services} services and {proxies} proxies");
         results.push(run_size(
             root, &dir, envoy, &keelctl, services, proxies, changes,
         )?);
     }
     let mut table = String::from(
-        "| services | proxies | clusters per proxy | KiB per proxy | initial sync s | change→ACK p50 s | p99 s | last s (median change) | Envoy ACK s | pilot CPU s per change | pilot RSS MiB | pilot HWM MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| services | proxies | clusters per proxy | KiB per proxy | initial sync s | change→ACK p50 s | p99 s | last s (median change) | Envoy ACK s | pilot CPU s per change | pilot RSS MiB | pilot HWM MiB | stubs CPU s per change |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut json = Vec::new();
     for r in &results {
@@ -478,7 +499,7 @@ pub fn pilot(root: &Path, envoy: &Path, quick: bool) -> Result<()> {
             pct(&envoy, 0.5),
         );
         table.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.2} | {p50:.3} | {p99:.3} | {last:.3} | {envoy_med:.3} | {:.3} | {:.1} | {:.1} |\n",
+            "| {} | {} | {} | {:.1} | {:.2} | {p50:.3} | {p99:.3} | {last:.3} | {envoy_med:.3} | {:.3} | {:.1} | {:.1} | {:.3} |\n",
             r.services,
             r.proxies,
             r.clusters,
@@ -487,6 +508,7 @@ pub fn pilot(root: &Path, envoy: &Path, quick: bool) -> Result<()> {
             r.pilot_cpu_per_change_s,
             r.pilot_rss_kb as f64 / 1024.0,
             r.pilot_hwm_kb as f64 / 1024.0,
+            r.stubs_cpu_per_change_s,
         ));
         json.push(serde_json::json!({
             "services": r.services,
@@ -501,6 +523,7 @@ pub fn pilot(root: &Path, envoy: &Path, quick: bool) -> Result<()> {
             "pilot_cpu_s_per_change": r.pilot_cpu_per_change_s,
             "pilot_rss_kb": r.pilot_rss_kb,
             "pilot_hwm_kb": r.pilot_hwm_kb,
+            "stubs_cpu_s_per_change": r.stubs_cpu_per_change_s,
             "changes": r.changes.len(),
         }));
     }

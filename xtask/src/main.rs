@@ -81,6 +81,9 @@ enum BenchWhat {
         /// Two small sizes and three changes each.
         #[arg(long)]
         quick: bool,
+        /// Only this size, SERVICESxPROXIES (e.g. 1000x2000).
+        #[arg(long, value_parser = bench_pilot::parse_size)]
+        size: Option<(usize, usize)>,
     },
     /// Bookinfo's own time per request on loopback, per service (release build).
     Samples {
@@ -118,8 +121,8 @@ fn main() -> ExitCode {
                     .and_then(|()| ensure_envoy(&workspace_root()))
                     .and_then(|envoy| bench_proxy::proxy(&workspace_root(), &envoy, quick))
             }
-            BenchWhat::Pilot { quick } => ensure_envoy(&workspace_root())
-                .and_then(|envoy| bench_pilot::pilot(&workspace_root(), &envoy, quick)),
+            BenchWhat::Pilot { quick, size } => ensure_envoy(&workspace_root())
+                .and_then(|envoy| bench_pilot::pilot(&workspace_root(), &envoy, quick, size)),
         },
     };
     match result {

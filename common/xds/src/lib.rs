@@ -11,6 +11,8 @@
 //!   (with the NACK's error detail kept); new snapshots are pushed as they are published.
 //! - [`delta`]: the incremental protocol's state machine, served by the same server.
 //! - [`status`]: that bookkeeping, readable by debug endpoints (`/debug/syncz`).
+//! - [`wire`]: the gRPC service itself; state of the world responses are written from the
+//!   snapshot's shared resources without copying them per stream first.
 //! - [`client`]: an ADS client that reconnects with backoff and keeps the last good state.
 //!
 //! Nothing here knows Istio or Envoy semantics beyond the protocol.
@@ -20,6 +22,7 @@ pub mod delta;
 pub mod server;
 pub mod snapshot;
 pub mod status;
+pub mod wire;
 
 pub use envoy_types::pb::envoy::config::core::v3::Node;
 pub use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};

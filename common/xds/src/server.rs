@@ -11,19 +11,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
 };
-use tokio::sync::{mpsc, watch};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Response, Status, Streaming};
 
 use crate::snapshot::XdsSnapshot;
 use crate::status::SyncRegistry;
+use crate::wire::{AdsService, SotwResponse};
 
 /// Where a server's snapshots come from. A server may give each client its own view (pilot
 /// computes per proxy); galley gives everyone the same.
@@ -116,7 +116,7 @@ impl StreamState {
         &mut self,
         req: &DiscoveryRequest,
         snap: &XdsSnapshot,
-    ) -> (Reply, Option<DiscoveryResponse>) {
+    ) -> (Reply, Option<SotwResponse>) {
         let names: Option<BTreeSet<String>> = if req.resource_names.is_empty() {
             None
         } else {
@@ -162,7 +162,7 @@ impl StreamState {
     }
 
     /// Responses for every subscribed type whose version differs from what was last sent.
-    pub fn on_snapshot(&mut self, snap: &XdsSnapshot) -> Vec<DiscoveryResponse> {
+    pub fn on_snapshot(&mut self, snap: &XdsSnapshot) -> Vec<SotwResponse> {
         let due: Vec<String> = self
             .subs
             .iter()
@@ -172,7 +172,7 @@ impl StreamState {
         due.iter().map(|t| self.respond(t, snap)).collect()
     }
 
-    fn respond(&mut self, type_url: &str, snap: &XdsSnapshot) -> DiscoveryResponse {
+    fn respond(&mut self, type_url: &str, snap: &XdsSnapshot) -> SotwResponse {
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         let sub = self.subs.entry(type_url.to_owned()).or_default();
@@ -182,7 +182,7 @@ impl StreamState {
                 t.resources
                     .iter()
                     .filter(|(name, _)| sub.names.as_ref().is_none_or(|n| n.contains(*name)))
-                    .map(|(_, any)| envoy_types::pb::google::protobuf::Any::clone(any))
+                    .map(|(_, any)| any.clone())
                     .collect(),
             ),
             None => (String::new(), Vec::new()),
@@ -197,12 +197,11 @@ impl StreamState {
                 c.resend = true;
             }
         }
-        DiscoveryResponse {
+        SotwResponse {
             version_info: version,
             resources,
             type_url: type_url.to_owned(),
             nonce,
-            ..Default::default()
         }
     }
 }
@@ -213,7 +212,18 @@ pub struct AdsServer<S> {
     registry: Arc<SyncRegistry>,
     observer: Arc<dyn Observer>,
     next_id: AtomicU64,
+    pushes: Arc<Semaphore>,
 }
+
+/// How many state of the world pushes (after a snapshot change) may be in flight at once:
+/// built, sent, and not yet answered. Istio's pilot throttles the same way (100 by
+/// default). Without a bound, a change reaching thousands of proxies builds and queues
+/// every response at once: memory for all of them, fresh pages for each, and no proxy
+/// served sooner.
+pub const DEFAULT_PUSH_LIMIT: usize = 100;
+
+/// A push holds its permit until the client answers every response in it, or this long.
+const PUSH_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl<S> std::fmt::Debug for AdsServer<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -230,7 +240,14 @@ impl<S: SnapshotSource> AdsServer<S> {
             registry: Arc::new(SyncRegistry::default()),
             observer: Arc::new(LogObserver),
             next_id: AtomicU64::new(1),
+            pushes: Arc::new(Semaphore::new(DEFAULT_PUSH_LIMIT)),
         }
+    }
+
+    /// At most `limit` pushes in flight at once (at least one).
+    pub fn with_push_limit(mut self, limit: usize) -> Self {
+        self.pushes = Arc::new(Semaphore::new(limit.max(1)));
+        self
     }
 
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
@@ -243,76 +260,76 @@ impl<S: SnapshotSource> AdsServer<S> {
         self.registry.clone()
     }
 
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(256 << 20)
+    /// The gRPC service to hand to tonic's `Server::add_service`.
+    pub fn into_service(self) -> AdsService<S> {
+        AdsService::new(self)
     }
-}
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl<S: SnapshotSource> AggregatedDiscoveryService for AdsServer<S> {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let stream = StreamTask {
-            id,
+    fn stream_task(&self) -> StreamTask<S> {
+        StreamTask {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
             source: self.source.clone(),
             registry: self.registry.clone(),
             observer: self.observer.clone(),
-        };
+            pushes: self.pushes.clone(),
+        }
+    }
+
+    /// A state of the world stream: one task runs it; responses leave through the stream
+    /// returned.
+    pub(crate) fn open_sotw(
+        &self,
+        inbound: Streaming<DiscoveryRequest>,
+    ) -> Response<ResponseStream<SotwResponse>> {
+        let (tx, rx) = mpsc::channel(16);
+        let stream = self.stream_task();
         // The span is attached to the task, not entered across awaits.
-        let span = tracing::debug_span!("ads", stream = id);
+        let span = tracing::debug_span!("ads", stream = stream.id);
         tokio::spawn(tracing::Instrument::instrument(
             stream.run(inbound, tx),
             span,
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Response::new(Box::pin(ReceiverStream::new(rx)))
     }
 
-    async fn delta_aggregated_resources(
+    /// An incremental stream, run the same way.
+    pub(crate) fn open_delta(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let inbound = request.into_inner();
+        inbound: Streaming<DeltaDiscoveryRequest>,
+    ) -> Response<ResponseStream<DeltaDiscoveryResponse>> {
         let (tx, rx) = mpsc::channel(16);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let stream = StreamTask {
-            id,
-            source: self.source.clone(),
-            registry: self.registry.clone(),
-            observer: self.observer.clone(),
-        };
-        let span = tracing::debug_span!("delta-ads", stream = id);
+        let stream = self.stream_task();
+        let span = tracing::debug_span!("delta-ads", stream = stream.id);
         tokio::spawn(tracing::Instrument::instrument(
             stream.run_delta(inbound, tx),
             span,
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Response::new(Box::pin(ReceiverStream::new(rx)))
     }
 }
+
+pub(crate) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 struct StreamTask<S> {
     id: u64,
     source: Arc<S>,
     registry: Arc<SyncRegistry>,
     observer: Arc<dyn Observer>,
+    pushes: Arc<Semaphore>,
+}
+
+/// A push in flight: its permit, and the nonces not answered yet.
+struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    nonces: BTreeSet<String>,
+    deadline: tokio::time::Instant,
 }
 
 impl<S: SnapshotSource> StreamTask<S> {
     async fn run(
         self,
         mut inbound: Streaming<DiscoveryRequest>,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        tx: mpsc::Sender<Result<SotwResponse, Status>>,
     ) {
         let first = match inbound.message().await {
             Ok(Some(r)) => r,
@@ -324,6 +341,7 @@ impl<S: SnapshotSource> StreamTask<S> {
         self.observer.connected(&node_id);
         let mut snaps = self.source.snapshots(&node);
         let mut state = StreamState::default();
+        let mut in_flight: Option<InFlight> = None;
         let mut next = Some(first);
         loop {
             if let Some(req) = next.take() {
@@ -332,6 +350,12 @@ impl<S: SnapshotSource> StreamTask<S> {
                     && n.id != node_id
                 {
                     self.registry.set_node(self.id, &n.id);
+                }
+                if let Some(f) = in_flight.as_mut() {
+                    f.nonces.remove(&req.response_nonce);
+                    if f.nonces.is_empty() {
+                        in_flight = None;
+                    }
                 }
                 let snap = snaps.borrow().clone();
                 let (reply, resp) = state.on_request(&req, &snap);
@@ -343,6 +367,7 @@ impl<S: SnapshotSource> StreamTask<S> {
                 }
                 continue;
             }
+            let deadline = in_flight.as_ref().map(|f| f.deadline);
             tokio::select! {
                 msg = inbound.message() => match msg {
                     Ok(Some(req)) => next = Some(req),
@@ -352,13 +377,19 @@ impl<S: SnapshotSource> StreamTask<S> {
                         break;
                     }
                 },
-                changed = snaps.changed() => {
+                // The previous push is answered before the next one is built.
+                changed = snaps.changed(), if in_flight.is_none() => {
                     if changed.is_err() {
                         break;
                     }
+                    let Ok(permit) = self.pushes.clone().acquire_owned().await else {
+                        break;
+                    };
                     let snap = snaps.borrow_and_update().clone();
+                    let mut nonces = BTreeSet::new();
                     let mut open = true;
                     for resp in state.on_snapshot(&snap) {
+                        nonces.insert(resp.nonce.clone());
                         if !self.send(&node_id, resp, &tx).await {
                             open = false;
                             break;
@@ -367,6 +398,17 @@ impl<S: SnapshotSource> StreamTask<S> {
                     if !open {
                         break;
                     }
+                    if !nonces.is_empty() {
+                        in_flight = Some(InFlight {
+                            _permit: permit,
+                            nonces,
+                            deadline: tokio::time::Instant::now() + PUSH_ANSWER_TIMEOUT,
+                        });
+                    }
+                }
+                () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                    tracing::debug!(node = %node_id, "push not answered in time; its permit is released");
+                    in_flight = None;
                 }
                 _ = tx.closed() => break,
             }
@@ -488,8 +530,8 @@ impl<S: SnapshotSource> StreamTask<S> {
     async fn send(
         &self,
         node_id: &str,
-        resp: DiscoveryResponse,
-        tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        resp: SotwResponse,
+        tx: &mpsc::Sender<Result<SotwResponse, Status>>,
     ) -> bool {
         let (type_url, version, nonce, n) = (
             resp.type_url.clone(),

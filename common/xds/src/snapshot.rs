@@ -27,6 +27,18 @@ impl XdsSnapshot {
         self.types.get(type_url)
     }
 
+    /// Whether both offer the same types at the same versions. Where versions are derived
+    /// from the resources (pilot's are hashes of them), that is equal content, told without
+    /// comparing every resource's bytes.
+    pub fn same_versions(&self, other: &XdsSnapshot) -> bool {
+        self.types.len() == other.types.len()
+            && self
+                .types
+                .iter()
+                .zip(&other.types)
+                .all(|((t1, r1), (t2, r2))| t1 == t2 && r1.version == r2.version)
+    }
+
     /// The version of `type_url`, or `""` when the type has never had resources.
     pub fn version(&self, type_url: &str) -> &str {
         self.types

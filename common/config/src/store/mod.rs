@@ -48,6 +48,18 @@ impl Change {
 }
 
 impl Snapshot {
+    /// The resources of one kind, in key order (a range of the map, not a scan of it).
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = (&ResourceKey, &Arc<Resource>)> {
+        let first = ResourceKey {
+            kind,
+            namespace: String::new(),
+            name: String::new(),
+        };
+        self.resources
+            .range(first..)
+            .take_while(move |(k, _)| k.kind == kind)
+    }
+
     /// A snapshot from resources as JSON documents, as a subscriber receives them from
     /// galley. A document that does not load is skipped with a log line: galley validated it,
     /// so a mismatch means the two sides run different versions.
