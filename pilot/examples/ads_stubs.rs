@@ -105,15 +105,20 @@ impl prost::Message for ShallowResponse {
 /// What a stub holds per type: resource count and bytes.
 type Held = BTreeMap<String, (usize, usize)>;
 
-async fn stub(pilot: String, i: usize, out: Arc<Mutex<std::io::Stdout>>) -> Result<()> {
+/// Opens client I's ADS stream, subscribed to the four types; `tx` carries its requests.
+async fn open(
+    pilot: &str,
+    i: usize,
+    tx: &mpsc::Sender<DiscoveryRequest>,
+    rx: mpsc::Receiver<DiscoveryRequest>,
+) -> Result<tonic::Streaming<ShallowResponse>> {
     let (ip, name) = pod(i);
-    let channel = tonic::transport::Endpoint::from_shared(pilot)?
+    let channel = tonic::transport::Endpoint::from_shared(pilot.to_owned())?
         .connect()
         .await
         .context("connecting to pilot")?;
     let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(256 << 20);
     grpc.ready().await.context("pilot's channel")?;
-    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(8);
     let node = Node {
         id: format!("sidecar~{ip}~{name}.bench~bench.svc.cluster.local"),
         cluster: format!("svc-{}", i / 2),
@@ -128,7 +133,7 @@ async fn stub(pilot: String, i: usize, out: Arc<Mutex<std::io::Stdout>>) -> Resu
         .await?;
     }
     let codec = tonic_prost::ProstCodec::<DiscoveryRequest, ShallowResponse>::default();
-    let mut responses = grpc
+    Ok(grpc
         .streaming(
             tonic::Request::new(ReceiverStream::new(rx)),
             tonic::codegen::http::uri::PathAndQuery::from_static(SOTW_PATH),
@@ -136,7 +141,25 @@ async fn stub(pilot: String, i: usize, out: Arc<Mutex<std::io::Stdout>>) -> Resu
         )
         .await
         .context("opening the ADS stream")?
-        .into_inner();
+        .into_inner())
+}
+
+async fn stub(pilot: String, i: usize, out: Arc<Mutex<std::io::Stdout>>) -> Result<()> {
+    // Two thousand connections at once can overflow pilot's accept queue: retry opening,
+    // as a proxy would (once open, a stream that fails ends the stub).
+    let mut attempt = 0;
+    let (tx, mut responses) = loop {
+        let (tx, rx) = mpsc::channel::<DiscoveryRequest>(8);
+        match open(&pilot, i, &tx, rx).await {
+            Ok(r) => break (tx, r),
+            Err(e) if attempt < 20 => {
+                attempt += 1;
+                eprintln!("stub {i}: {e:#}; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let mut held = Held::new();
     let mut synced = false;
     while let Some(resp) = responses.message().await? {

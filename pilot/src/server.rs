@@ -223,7 +223,9 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
                     resources = config.resources.len(),
                     "configuration from galley"
                 );
+                let previous = mesh_tx.borrow().clone();
                 let (mesh, problem) = Mesh::new(config)
+                    .reusing(&previous)
                     .with_telemetry(telemetry.clone())
                     .with_policy(policy.clone())
                     .with_mesh_config();

@@ -39,10 +39,23 @@ pub struct Mesh {
     pub access_log_file: Option<String>,
     /// What every proxy's configuration shares, built (and encoded) once per configuration
     /// on first use rather than once per proxy.
-    shared: std::sync::OnceLock<SharedParts>,
+    shared: std::sync::OnceLock<Arc<SharedParts>>,
     /// Sidecar route configurations by (namespace, workload labels when some route matches
     /// on source labels): proxies alike share them.
     sidecar_routes: std::sync::Mutex<HashMap<RoutesKey, Arc<TypeResources>>>,
+    /// The previous configuration's parts, to reuse where nothing changed (see
+    /// [`Mesh::reusing`]).
+    previous: std::sync::Mutex<Reuse>,
+}
+
+/// What a new [`Mesh`] takes over from the one before it: resources that come out the same
+/// keep their `Arc`, so the ADS server tells them unchanged by pointer and sends proxies
+/// only what changed, and memory holds one copy. Only parts are kept, never the old mesh,
+/// so meshes do not chain.
+#[derive(Debug, Default)]
+struct Reuse {
+    shared: Option<Arc<SharedParts>>,
+    routes: HashMap<RoutesKey, Arc<TypeResources>>,
 }
 
 /// Which sidecars share route configurations: namespace, and labels (empty unless a route
@@ -70,7 +83,22 @@ impl Mesh {
             access_log_file: None,
             shared: std::sync::OnceLock::new(),
             sidecar_routes: std::sync::Mutex::new(HashMap::new()),
+            previous: std::sync::Mutex::new(Reuse::default()),
         }
+    }
+
+    /// Reuses `previous`'s resources wherever this configuration produces the same ones.
+    pub fn reusing(self, previous: &Mesh) -> Mesh {
+        let reuse = Reuse {
+            shared: previous.shared.get().cloned(),
+            routes: previous
+                .sidecar_routes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        };
+        *self.previous.lock().unwrap_or_else(|p| p.into_inner()) = reuse;
+        self
     }
 
     /// Turns on policy checks against mixer at `host:port`.
@@ -126,28 +154,37 @@ impl Mesh {
 
     fn shared(&self) -> &SharedParts {
         self.shared.get_or_init(|| {
+            let before = self
+                .previous
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .shared
+                .take();
             let rules = self.destination_rules();
             let mut outbound_clusters = BTreeMap::new();
             for c in cds::outbound_clusters(&self.registry, &rules) {
                 let a: Any = any(&c);
-                outbound_clusters.insert(c.name, Arc::new(a));
+                let old = before
+                    .as_ref()
+                    .and_then(|b| b.outbound_clusters.get(&c.name));
+                outbound_clusters.insert(c.name, reuse_or_new(old, a));
             }
             let mut h = std::collections::hash_map::DefaultHasher::new();
             for (name, a) in &outbound_clusters {
                 name.hash(&mut h);
                 a.value.hash(&mut h);
             }
-            let endpoints = eds::assignments(&self.registry, &rules);
-            SharedParts {
+            let endpoints = resources(
+                eds::assignments(&self.registry, &rules)
+                    .into_iter()
+                    .map(|c| (c.cluster_name.clone(), c))
+                    .collect(),
+            );
+            Arc::new(SharedParts {
                 outbound_clusters,
                 outbound_hash: h.finish(),
-                endpoints: resources(
-                    endpoints
-                        .into_iter()
-                        .map(|c| (c.cluster_name.clone(), c))
-                        .collect(),
-                ),
-            }
+                endpoints: reuse_resources(before.as_ref().map(|b| &b.endpoints), endpoints),
+            })
         })
     }
 
@@ -239,6 +276,35 @@ pub fn mesh_config(text: &str) -> Result<MeshConfig, String> {
         check_server: server("mixerCheckServer")?,
         report_server: server("mixerReportServer")?,
     })
+}
+
+/// `old` when it holds the same resource, else a new one.
+fn reuse_or_new(old: Option<&Arc<Any>>, new: Any) -> Arc<Any> {
+    match old {
+        Some(o) if **o == new => o.clone(),
+        _ => Arc::new(new),
+    }
+}
+
+/// `new`, with every resource equal to one of `old`'s replaced by `old`'s (and `old` itself
+/// when nothing differs).
+fn reuse_resources(
+    old: Option<&Arc<TypeResources>>,
+    new: Arc<TypeResources>,
+) -> Arc<TypeResources> {
+    let Some(old) = old else { return new };
+    if old.version == new.version {
+        return old.clone();
+    }
+    let mut t = (*new).clone();
+    for (name, any) in t.resources.iter_mut() {
+        if let Some(o) = old.resources.get(name)
+            && **o == **any
+        {
+            *any = o.clone();
+        }
+    }
+    Arc::new(t)
 }
 
 fn resources<M: prost::Message + prost::Name>(items: Vec<(String, M)>) -> Arc<TypeResources> {
@@ -351,6 +417,10 @@ pub fn proxy_snapshot(mesh: &Mesh, proxy: &Proxy) -> XdsSnapshot {
                         })
                         .collect();
                     let r = resources(computed.into_iter().map(|r| (r.name.clone(), r)).collect());
+                    let r = {
+                        let before = mesh.previous.lock().unwrap_or_else(|p| p.into_inner());
+                        reuse_resources(before.routes.get(&key), r)
+                    };
                     mesh.sidecar_routes
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())

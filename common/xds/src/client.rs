@@ -27,6 +27,11 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::server::INCREMENTAL_SOTW_TYPES;
+
+const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
 /// What the client subscribes to and how it behaves.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -68,8 +73,10 @@ impl ClientConfig {
 pub struct AcceptedType {
     pub version: String,
     pub resources: Vec<Any>,
-    /// Delta streams only: each resource's name and version, parallel to `resources`.
+    /// Each resource's name, parallel to `resources`: on delta streams, and for the types
+    /// state of the world servers send incrementally (endpoints, routes).
     pub names: Vec<String>,
+    /// Delta streams only: each resource's version, parallel to `resources`.
     pub resource_versions: Vec<String>,
 }
 
@@ -283,14 +290,21 @@ async fn handle_response(
     match verdict {
         Err(reason) => record_nack(tx, &resp.type_url, reason),
         Ok(()) => {
-            pending.insert(
-                resp.type_url.clone(),
+            let accepted = if INCREMENTAL_SOTW_TYPES.contains(&resp.type_url.as_str()) {
+                // Only what changed was sent: the rest stays as held.
+                let held = pending
+                    .get(&resp.type_url)
+                    .cloned()
+                    .or_else(|| tx.borrow().types.get(&resp.type_url).map(|a| (**a).clone()));
+                merge_incremental(held.as_ref(), resp.resources, resp.version_info.clone())
+            } else {
                 AcceptedType {
                     version: resp.version_info.clone(),
                     resources: resp.resources,
                     ..Default::default()
-                },
-            );
+                }
+            };
+            pending.insert(resp.type_url.clone(), accepted);
             let ready = !config.consistent
                 || config.type_urls.iter().all(|t| {
                     pending
@@ -310,6 +324,7 @@ async fn handle_response(
                     for (t, accepted) in batch {
                         next.types.insert(t, Arc::new(accepted));
                     }
+                    prune_endpoints(&mut next);
                     next.synced = config.type_urls.iter().all(|t| next.types.contains_key(t));
                     *s = Arc::new(next);
                 });
@@ -364,6 +379,108 @@ async fn delta_inner(
         handle_delta(config, validator, tx, &req_tx, resp).await;
     }
     Ok(())
+}
+
+/// The name of an Envoy resource: field 1 of listeners, clusters, route configurations
+/// (`name`) and endpoint assignments (`cluster_name`) alike.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Named {
+    #[prost(string, tag = "1")]
+    name: String,
+}
+
+/// What a cluster's endpoints are named by: its EDS service name, or else its own name.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ClusterEds {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(message, optional, tag = "3")]
+    eds_cluster_config: Option<EdsServiceName>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EdsServiceName {
+    #[prost(string, tag = "2")]
+    service_name: String,
+}
+
+fn resource_name(any: &Any) -> String {
+    <Named as prost::Message>::decode(any.value.as_slice())
+        .map(|n| n.name)
+        .unwrap_or_default()
+}
+
+/// A state of the world response of an incremental type laid over what is held: the
+/// resources sent replace those of the same name, the others stay.
+pub fn merge_incremental(
+    held: Option<&AcceptedType>,
+    sent: Vec<Any>,
+    version: String,
+) -> AcceptedType {
+    let mut set: BTreeMap<String, Any> = BTreeMap::new();
+    if let Some(h) = held {
+        for (i, any) in h.resources.iter().enumerate() {
+            let name = h
+                .names
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| resource_name(any));
+            set.insert(name, any.clone());
+        }
+    }
+    for any in sent {
+        set.insert(resource_name(&any), any);
+    }
+    AcceptedType {
+        version,
+        names: set.keys().cloned().collect(),
+        resources: set.into_values().collect(),
+        resource_versions: Vec::new(),
+    }
+}
+
+/// Endpoints no cluster uses any more are dropped: state of the world servers send
+/// endpoints only when they change and never say when one is gone (its cluster's removal
+/// says it), so without this a long-lived client would keep every endpoint it ever got.
+fn prune_endpoints(state: &mut ClientState) {
+    let (Some(clusters), Some(endpoints)) = (
+        state.types.get(CLUSTER_TYPE),
+        state.types.get(ENDPOINT_TYPE),
+    ) else {
+        return;
+    };
+    let used: std::collections::BTreeSet<String> = clusters
+        .resources
+        .iter()
+        .filter_map(|any| <ClusterEds as prost::Message>::decode(any.value.as_slice()).ok())
+        .map(|c| match c.eds_cluster_config {
+            Some(e) if !e.service_name.is_empty() => e.service_name,
+            _ => c.name,
+        })
+        .collect();
+    let names: Vec<String> = if endpoints.names.len() == endpoints.resources.len() {
+        endpoints.names.clone()
+    } else {
+        endpoints.resources.iter().map(resource_name).collect()
+    };
+    if names.iter().all(|n| used.contains(n)) {
+        return;
+    }
+    let mut kept = AcceptedType {
+        version: endpoints.version.clone(),
+        ..Default::default()
+    };
+    let delta = !endpoints.resource_versions.is_empty();
+    for (i, (name, any)) in names.iter().zip(&endpoints.resources).enumerate() {
+        if used.contains(name) {
+            kept.names.push(name.clone());
+            kept.resources.push(any.clone());
+            if delta && let Some(v) = endpoints.resource_versions.get(i) {
+                kept.resource_versions.push(v.clone());
+            }
+        }
+    }
+    state.types.insert(ENDPOINT_TYPE.to_owned(), Arc::new(kept));
 }
 
 /// What the client holds of one type after a delta response, by name: (version, resource).
@@ -440,5 +557,80 @@ async fn handle_delta(
                 *s = Arc::new(next);
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use prost::Message;
+
+    fn cla(name: &str, policy_marker: u32) -> Any {
+        let mut m = ClusterLoadAssignment {
+            cluster_name: name.into(),
+            ..Default::default()
+        };
+        m.named_endpoints
+            .insert(format!("marker-{policy_marker}"), Default::default());
+        Any {
+            type_url: ENDPOINT_TYPE.into(),
+            value: m.encode_to_vec(),
+        }
+    }
+
+    fn cluster(name: &str, service_name: &str) -> Any {
+        let c = Cluster {
+            name: name.into(),
+            eds_cluster_config: (!service_name.is_empty()).then(|| EdsClusterConfig {
+                service_name: service_name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Any {
+            type_url: CLUSTER_TYPE.into(),
+            value: c.encode_to_vec(),
+        }
+    }
+
+    #[test]
+    fn incremental_responses_replace_by_name_and_keep_the_rest() {
+        let first = merge_incremental(None, vec![cla("a", 1), cla("b", 1)], "1".into());
+        assert_eq!(first.names, ["a", "b"]);
+        let second = merge_incremental(Some(&first), vec![cla("b", 2), cla("c", 1)], "2".into());
+        assert_eq!(second.version, "2");
+        assert_eq!(second.names, ["a", "b", "c"]);
+        assert_eq!(second.resources[0], cla("a", 1));
+        assert_eq!(second.resources[1], cla("b", 2));
+    }
+
+    #[test]
+    fn endpoints_of_removed_clusters_are_dropped() {
+        let mut state = ClientState::default();
+        state.types.insert(
+            CLUSTER_TYPE.into(),
+            Arc::new(AcceptedType {
+                version: "1".into(),
+                // `b` names its endpoints by service name; `c` is gone.
+                resources: vec![cluster("a", ""), cluster("outbound|b", "b")],
+                ..Default::default()
+            }),
+        );
+        state.types.insert(
+            ENDPOINT_TYPE.into(),
+            Arc::new(merge_incremental(
+                None,
+                vec![cla("a", 1), cla("b", 1), cla("c", 1)],
+                "1".into(),
+            )),
+        );
+        prune_endpoints(&mut state);
+        let kept = &state.types[ENDPOINT_TYPE];
+        assert_eq!(kept.names, ["a", "b"]);
+        assert_eq!(kept.resources, [cla("a", 1), cla("b", 1)]);
     }
 }

@@ -21,7 +21,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Response, Status, Streaming};
 
-use crate::snapshot::XdsSnapshot;
+use crate::snapshot::{TypeResources, XdsSnapshot};
 use crate::status::SyncRegistry;
 use crate::wire::{AdsService, SotwResponse};
 
@@ -86,6 +86,30 @@ struct Subscription {
     sent_nonce: Option<String>,
     /// The parent type was pushed: answer the next request even if nothing changed.
     resend: bool,
+    /// With `resend`: the resources to send again (the parent's changed ones, by name);
+    /// `None`: all of them.
+    resend_names: Option<BTreeSet<String>>,
+    /// The resources of the last response's snapshot: what the client holds, to tell
+    /// which resources a new snapshot changed.
+    sent_from: Option<Arc<TypeResources>>,
+}
+
+/// Types whose state of the world responses may carry only the resources that changed:
+/// every type but listeners and clusters, whose responses must be complete (the xDS
+/// protocol; Envoy keeps endpoints and routes it is not sent again). A change to one
+/// service then re-sends its endpoints, not the whole mesh's.
+pub const INCREMENTAL_SOTW_TYPES: &[&str] = &[
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+];
+
+/// Which responses a push includes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    /// Every (subscribed) resource.
+    All,
+    /// Those that changed since the last response, and those named for a resend.
+    Changed,
 }
 
 /// Envoy's warming dependencies: after a push of the first type, Envoy re-requests the
@@ -146,22 +170,32 @@ impl StreamState {
             };
         }
         let sub = self.subs.entry(req.type_url.clone()).or_default();
+        if matches!(reply, Reply::Nack { .. }) {
+            // The client kept what it had before the rejected response: the next push of
+            // an incremental type cannot build on what that response carried.
+            sub.sent_from = None;
+        }
         let first = sub.sent_nonce.is_none();
         let names_changed = sub.names != names;
         let resend = sub.resend && matches!(reply, Reply::Ack { .. });
         sub.names = names;
         if first || names_changed {
-            let resp = self.respond(&req.type_url, snap);
-            return (Reply::Subscribe, Some(resp));
+            let resp = self.respond(&req.type_url, snap, Scope::All);
+            return (Reply::Subscribe, resp);
         }
         if resend {
-            let resp = self.respond(&req.type_url, snap);
-            return (reply, Some(resp));
+            let scope = match self.subs.get(&req.type_url) {
+                Some(s) if s.resend_names.is_some() => Scope::Changed,
+                _ => Scope::All,
+            };
+            let resp = self.respond(&req.type_url, snap, scope);
+            return (reply, resp);
         }
         (reply, None)
     }
 
-    /// Responses for every subscribed type whose version differs from what was last sent.
+    /// Responses for every subscribed type whose version differs from what was last sent;
+    /// for [`INCREMENTAL_SOTW_TYPES`], only the resources that changed.
     pub fn on_snapshot(&mut self, snap: &XdsSnapshot) -> Vec<SotwResponse> {
         let due: Vec<String> = self
             .subs
@@ -169,40 +203,95 @@ impl StreamState {
             .filter(|(t, s)| s.sent_version.as_deref() != Some(snap.version(t)))
             .map(|(t, _)| t.clone())
             .collect();
-        due.iter().map(|t| self.respond(t, snap)).collect()
+        due.iter()
+            .filter_map(|t| {
+                let scope = if INCREMENTAL_SOTW_TYPES.contains(&t.as_str()) {
+                    Scope::Changed
+                } else {
+                    Scope::All
+                };
+                self.respond(t, snap, scope)
+            })
+            .collect()
     }
 
-    fn respond(&mut self, type_url: &str, snap: &XdsSnapshot) -> SotwResponse {
+    /// The response for `type_url`; `None` when `Scope::Changed` finds nothing to send (the
+    /// client already holds it all; its version is recorded as sent).
+    fn respond(
+        &mut self,
+        type_url: &str,
+        snap: &XdsSnapshot,
+        scope: Scope,
+    ) -> Option<SotwResponse> {
+        let sub = self.subs.entry(type_url.to_owned()).or_default();
+        let current = snap.get(type_url);
+        let version = current.map(|t| t.version.clone()).unwrap_or_default();
+        let is_parent = DEPENDENTS.iter().any(|(parent, _)| *parent == type_url);
+        let mut resources = Vec::new();
+        let mut changed = BTreeSet::new();
+        // Both maps are sorted by name: walk them together. Servers that keep unchanged
+        // resources' `Arc`s across snapshots (pilot does) make each comparison a pointer's.
+        let same_set = match (current, &sub.sent_from) {
+            (Some(c), Some(s)) => Arc::ptr_eq(c, s),
+            _ => false,
+        };
+        let mut held_iter = sub
+            .sent_from
+            .as_ref()
+            .map(|t| t.resources.iter())
+            .into_iter()
+            .flatten()
+            .peekable();
+        for (name, any) in current.iter().flat_map(|t| t.resources.iter()) {
+            if sub.names.as_ref().is_some_and(|n| !n.contains(name)) {
+                continue;
+            }
+            // The same `Arc` is the same resource, name included: no names to compare.
+            let unchanged = same_set
+                || held_iter
+                    .next_if(|(_, old)| Arc::ptr_eq(old, any))
+                    .is_some()
+                || {
+                    while held_iter.next_if(|(held, _)| *held < name).is_some() {}
+                    held_iter
+                        .peek()
+                        .is_some_and(|(held, old)| *held == name && ***old == **any)
+                };
+            if !unchanged && is_parent {
+                changed.insert(name.clone());
+            }
+            let named = sub.resend_names.as_ref().is_some_and(|n| n.contains(name));
+            if scope == Scope::All || !unchanged || named {
+                resources.push(any.clone());
+            }
+        }
+        sub.sent_from = current.cloned();
+        sub.sent_version = Some(version.clone());
+        sub.resend = false;
+        sub.resend_names = None;
+        if scope == Scope::Changed && resources.is_empty() {
+            return None;
+        }
         self.nonce += 1;
         let nonce = self.nonce.to_string();
-        let sub = self.subs.entry(type_url.to_owned()).or_default();
-        let (version, resources) = match snap.get(type_url) {
-            Some(t) => (
-                t.version.clone(),
-                t.resources
-                    .iter()
-                    .filter(|(name, _)| sub.names.as_ref().is_none_or(|n| n.contains(*name)))
-                    .map(|(_, any)| any.clone())
-                    .collect(),
-            ),
-            None => (String::new(), Vec::new()),
-        };
-        sub.sent_version = Some(version.clone());
         sub.sent_nonce = Some(nonce.clone());
-        sub.resend = false;
         for (parent, child) in DEPENDENTS {
             if *parent == type_url
                 && let Some(c) = self.subs.get_mut(*child)
             {
                 c.resend = true;
+                // Clusters and their endpoints share names: re-send the endpoints of the
+                // clusters that changed (Envoy warms those). Listeners name their routes
+                // inside, so after a listener push every route is sent again.
+                c.resend_names = (*parent == DEPENDENTS[0].0).then(|| changed.clone());
             }
         }
-        SotwResponse {
+        Some(SotwResponse {
             version_info: version,
             resources,
             type_url: type_url.to_owned(),
             nonce,
-        }
+        })
     }
 }
 
@@ -641,17 +730,28 @@ mod tests {
     fn a_cluster_push_makes_the_next_endpoint_request_answered() {
         const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
         const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+        let typed = |version: &str, items: &[(&str, &str)]| {
+            let mut t = TypeResources {
+                version: version.into(),
+                ..Default::default()
+            };
+            for (name, value) in items {
+                t.resources.insert(
+                    (*name).into(),
+                    Arc::new(Any {
+                        type_url: String::new(),
+                        value: value.as_bytes().to_vec(),
+                    }),
+                );
+            }
+            Arc::new(t)
+        };
         let mut st = StreamState::default();
         let mut snap = XdsSnapshot::default();
-        for t in [CDS, EDS] {
-            snap.types.insert(
-                t.into(),
-                Arc::new(TypeResources {
-                    version: "1".into(),
-                    ..Default::default()
-                }),
-            );
-        }
+        snap.types
+            .insert(CDS.into(), typed("1", &[("a", "a1"), ("b", "b1")]));
+        snap.types
+            .insert(EDS.into(), typed("1", &[("a", "ea"), ("b", "eb")]));
         let mk = |t: &str, nonce: &str| DiscoveryRequest {
             type_url: t.into(),
             response_nonce: nonce.into(),
@@ -660,29 +760,86 @@ mod tests {
         };
         let c1 = st.on_request(&mk(CDS, ""), &snap).1.unwrap();
         let e1 = st.on_request(&mk(EDS, ""), &snap).1.unwrap();
+        assert_eq!(e1.resources.len(), 2);
         // Unchanged endpoints after an ACK: nothing to send...
         assert!(st.on_request(&mk(EDS, &e1.nonce), &snap).1.is_none());
-        // ...but after a new cluster push, Envoy's warming request is answered.
+        // ...but after a push that changes cluster a, Envoy's warming request is answered
+        // with a's endpoints (b did not change, so it is not warming).
         let mut snap2 = snap.clone();
-        snap2.types.insert(
-            CDS.into(),
-            Arc::new(TypeResources {
-                version: "2".into(),
-                ..Default::default()
-            }),
-        );
+        snap2
+            .types
+            .insert(CDS.into(), typed("2", &[("a", "a2"), ("b", "b1")]));
         let c2 = st.on_snapshot(&snap2).remove(0);
         assert_ne!(c2.nonce, c1.nonce);
-        let again = st.on_request(&mk(EDS, &e1.nonce), &snap2).1;
-        assert!(
-            again.is_some(),
-            "the warming EDS request must get an answer"
-        );
-        assert!(
-            st.on_request(&mk(EDS, &again.unwrap().nonce), &snap2)
-                .1
-                .is_none()
-        );
+        assert_eq!(c2.resources.len(), 2, "cluster responses are complete");
+        let again = st
+            .on_request(&mk(EDS, &e1.nonce), &snap2)
+            .1
+            .expect("the warming EDS request must get an answer");
+        assert_eq!(again.resources.len(), 1);
+        assert_eq!(again.resources[0].value, b"ea");
+        assert!(st.on_request(&mk(EDS, &again.nonce), &snap2).1.is_none());
+    }
+
+    #[test]
+    fn endpoint_pushes_carry_only_what_changed_and_a_nack_makes_the_next_complete() {
+        const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+        let typed = |version: &str, items: &[(&str, &str)]| {
+            let mut t = TypeResources {
+                version: version.into(),
+                ..Default::default()
+            };
+            for (name, value) in items {
+                t.resources.insert(
+                    (*name).into(),
+                    Arc::new(Any {
+                        type_url: String::new(),
+                        value: value.as_bytes().to_vec(),
+                    }),
+                );
+            }
+            Arc::new(t)
+        };
+        let snap_of = |t: Arc<TypeResources>| XdsSnapshot {
+            types: [(EDS.to_owned(), t)].into(),
+        };
+        let mut st = StreamState::default();
+        let s1 = snap_of(typed("1", &[("a", "1"), ("b", "1"), ("c", "1")]));
+        let first = st
+            .on_request(
+                &DiscoveryRequest {
+                    type_url: EDS.into(),
+                    ..Default::default()
+                },
+                &s1,
+            )
+            .1
+            .unwrap();
+        assert_eq!(first.resources.len(), 3);
+        // b changes, d is new, c is gone: b and d are sent, under the new version.
+        let s2 = snap_of(typed("2", &[("a", "1"), ("b", "2"), ("d", "1")]));
+        let pushed = st.on_snapshot(&s2);
+        assert_eq!(pushed.len(), 1);
+        let values: Vec<&[u8]> = pushed[0].resources.iter().map(|a| &a.value[..]).collect();
+        assert_eq!(values, [&b"2"[..], &b"1"[..]]);
+        assert_eq!(pushed[0].version_info, "2");
+        // Only a removal: nothing to send (Envoy drops endpoints with their cluster).
+        let s3 = snap_of(typed("3", &[("a", "1"), ("b", "2")]));
+        assert!(st.on_snapshot(&s3).is_empty());
+        // A NACK: the client kept its older state, so the next push is complete.
+        let s4 = snap_of(typed("4", &[("a", "1"), ("b", "3")]));
+        let p4 = st.on_snapshot(&s4).remove(0);
+        assert_eq!(p4.resources.len(), 1);
+        let mut nack = req(&p4.nonce, "3", &[]);
+        nack.type_url = EDS.into();
+        nack.error_detail = Some(RpcStatus {
+            message: "bad".into(),
+            ..Default::default()
+        });
+        let (reply, _) = st.on_request(&nack, &s4);
+        assert!(matches!(reply, Reply::Nack { .. }));
+        let s5 = snap_of(typed("5", &[("a", "1"), ("b", "4")]));
+        assert_eq!(st.on_snapshot(&s5).remove(0).resources.len(), 2);
     }
 
     #[test]
