@@ -149,6 +149,9 @@ impl ServiceRegistry for Registry {
     }
 }
 
+/// Pods by (namespace, label key, label value).
+type PodsByLabel<'a> = HashMap<(&'a str, &'a str, &'a str), Vec<&'a Resource>>;
+
 /// Services and their endpoints, by FQDN and port.
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
@@ -180,6 +183,17 @@ impl Registry {
             .map(Arc::as_ref)
             .filter(|r| matches!(r.spec, Spec::Pod(_)))
             .collect();
+        // Pods by (namespace, label, value): a service's selector looks up the pods with
+        // its first label instead of scanning every pod.
+        let mut by_label: PodsByLabel = HashMap::new();
+        for r in pods.iter().copied() {
+            for (k, v) in r.labels() {
+                by_label
+                    .entry((r.namespace(), k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(r);
+            }
+        }
         for r in pods.iter().copied() {
             if let Spec::Pod(p) = &r.spec
                 && let Some(ip) = pod_ip(p)
@@ -197,7 +211,7 @@ impl Registry {
         }
         for r in snapshot.resources.values() {
             match &r.spec {
-                Spec::Service(s) => reg.add_kube_service(r, s, &pods),
+                Spec::Service(s) => reg.add_kube_service(r, s, &by_label),
                 Spec::ServiceEntry(_) => reg.add_service_entry(r, snapshot),
                 _ => {}
             }
@@ -221,7 +235,7 @@ impl Registry {
         reg
     }
 
-    fn add_kube_service(&mut self, r: &Resource, s: &KubeService, pods: &[&Resource]) {
+    fn add_kube_service(&mut self, r: &Resource, s: &KubeService, pods: &PodsByLabel<'_>) {
         let Some(spec) = &s.spec else { return };
         let hostname = format!("{}.{}.svc.{DOMAIN_SUFFIX}", r.name(), r.namespace());
         let address = spec
@@ -247,7 +261,14 @@ impl Registry {
             if selector.is_empty() {
                 continue;
             }
-            for pod_res in pods {
+            let Some((k, v)) = selector.iter().next() else {
+                continue;
+            };
+            let candidates = pods
+                .get(&(r.namespace(), k.as_str(), v.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for pod_res in candidates {
                 if pod_res.namespace() != r.namespace() {
                     continue;
                 }

@@ -68,6 +68,9 @@ struct SharedParts {
     /// Every service's outbound clusters, encoded, and a hash of them all.
     outbound_clusters: BTreeMap<String, Arc<Any>>,
     outbound_hash: u64,
+    /// Every sidecar's outbound listeners, encoded, and their hash.
+    outbound_listeners: BTreeMap<String, Arc<Any>>,
+    outbound_listeners_hash: u64,
     /// Every service's endpoints (the same resources for every proxy).
     endpoints: Arc<TypeResources>,
 }
@@ -161,19 +164,18 @@ impl Mesh {
                 .shared
                 .take();
             let rules = self.destination_rules();
-            let mut outbound_clusters = BTreeMap::new();
-            for c in cds::outbound_clusters(&self.registry, &rules) {
-                let a: Any = any(&c);
-                let old = before
-                    .as_ref()
-                    .and_then(|b| b.outbound_clusters.get(&c.name));
-                outbound_clusters.insert(c.name, reuse_or_new(old, a));
-            }
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            for (name, a) in &outbound_clusters {
-                name.hash(&mut h);
-                a.value.hash(&mut h);
-            }
+            let (outbound_clusters, outbound_hash) = encode_shared(
+                cds::outbound_clusters(&self.registry, &rules)
+                    .into_iter()
+                    .map(|c| (c.name.clone(), c)),
+                before.as_ref().map(|b| &b.outbound_clusters),
+            );
+            let (outbound_listeners, outbound_listeners_hash) = encode_shared(
+                lds::sidecar_outbound_listeners(&self.registry, self.access_logs())
+                    .into_iter()
+                    .map(|l| (l.name.clone(), l)),
+                before.as_ref().map(|b| &b.outbound_listeners),
+            );
             let endpoints = resources(
                 eds::assignments(&self.registry, &rules)
                     .into_iter()
@@ -182,10 +184,21 @@ impl Mesh {
             );
             Arc::new(SharedParts {
                 outbound_clusters,
-                outbound_hash: h.finish(),
+                outbound_hash,
+                outbound_listeners,
+                outbound_listeners_hash,
                 endpoints: reuse_resources(before.as_ref().map(|b| &b.endpoints), endpoints),
             })
         })
+    }
+
+    /// Where every proxy's access logs go: mixer's report cluster when telemetry is on,
+    /// and the mesh's access log file.
+    fn access_logs(&self) -> lds::AccessLogs<'_> {
+        lds::AccessLogs {
+            cluster: self.telemetry.as_ref().map(|_| cds::TELEMETRY_CLUSTER),
+            file: self.access_log_file.as_deref(),
+        }
     }
 
     fn destination_rules(&self) -> HashMap<String, &DestinationRule> {
@@ -278,6 +291,25 @@ pub fn mesh_config(text: &str) -> Result<MeshConfig, String> {
     })
 }
 
+/// Resources every proxy shares, encoded (reusing `before`'s where equal), and a hash of
+/// them all.
+fn encode_shared<M: prost::Message + prost::Name>(
+    items: impl Iterator<Item = (String, M)>,
+    before: Option<&BTreeMap<String, Arc<Any>>>,
+) -> (BTreeMap<String, Arc<Any>>, u64) {
+    let mut out = BTreeMap::new();
+    for (name, m) in items {
+        let old = before.and_then(|b| b.get(&name));
+        out.insert(name, reuse_or_new(old, any(&m)));
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (name, a) in &out {
+        name.hash(&mut h);
+        a.value.hash(&mut h);
+    }
+    (out, h.finish())
+}
+
 /// `old` when it holds the same resource, else a new one.
 fn reuse_or_new(old: Option<&Arc<Any>>, new: Any) -> Arc<Any> {
     match old {
@@ -355,19 +387,10 @@ pub fn proxy_snapshot(mesh: &Mesh, proxy: &Proxy) -> XdsSnapshot {
     let shared = mesh.shared();
     // Outbound clusters come encoded from the shared parts; these are the proxy's own.
     let mut clusters: Vec<Cluster> = cds::proxy_clusters(reg, proxy);
-    let logs = match &mesh.telemetry {
-        Some((host, port)) => {
-            clusters.push(cds::mixer_cluster(cds::TELEMETRY_CLUSTER, host, *port));
-            lds::AccessLogs {
-                cluster: Some(cds::TELEMETRY_CLUSTER),
-                file: mesh.access_log_file.as_deref(),
-            }
-        }
-        None => lds::AccessLogs {
-            cluster: None,
-            file: mesh.access_log_file.as_deref(),
-        },
-    };
+    if let Some((host, port)) = &mesh.telemetry {
+        clusters.push(cds::mixer_cluster(cds::TELEMETRY_CLUSTER, host, *port));
+    }
+    let logs = mesh.access_logs();
     let policy = match &mesh.policy {
         Some((host, port)) => {
             clusters.push(cds::mixer_cluster(cds::POLICY_CLUSTER, host, *port));
@@ -375,8 +398,22 @@ pub fn proxy_snapshot(mesh: &Mesh, proxy: &Proxy) -> XdsSnapshot {
         }
         None => None,
     };
-    let listeners: Vec<Listener> =
-        lds::listeners(reg, &gateways, &vss, proxy, labels, logs, policy);
+    // A sidecar's outbound listeners come encoded from the shared parts.
+    let listeners: Arc<TypeResources> = match proxy.kind {
+        ProxyKind::Sidecar => Arc::new(with_shared(
+            &shared.outbound_listeners,
+            shared.outbound_listeners_hash,
+            lds::sidecar_inbound_listeners(reg, proxy, logs, policy)
+                .into_iter()
+                .map(|l| (l.name.clone(), l))
+                .collect(),
+        )),
+        ProxyKind::Router => {
+            let listeners: Vec<Listener> =
+                lds::listeners(reg, &gateways, &vss, proxy, labels, logs, policy);
+            resources(listeners.into_iter().map(|l| (l.name.clone(), l)).collect())
+        }
+    };
     let routes: Arc<TypeResources> = match proxy.kind {
         ProxyKind::Sidecar => {
             // A sidecar's routes depend on its namespace, and on its labels only where a
@@ -470,10 +507,7 @@ pub fn proxy_snapshot(mesh: &Mesh, proxy: &Proxy) -> XdsSnapshot {
     );
     snap.types
         .insert(ENDPOINT_TYPE.into(), shared.endpoints.clone());
-    snap.types.insert(
-        LISTENER_TYPE.into(),
-        resources(listeners.into_iter().map(|l| (l.name.clone(), l)).collect()),
-    );
+    snap.types.insert(LISTENER_TYPE.into(), listeners);
     snap.types.insert(ROUTE_TYPE.into(), routes);
     snap
 }

@@ -342,6 +342,17 @@ pub fn sidecar_listeners(
     logs: AccessLogs<'_>,
     policy: Option<&str>,
 ) -> Vec<Listener> {
+    let mut out = sidecar_outbound_listeners(reg, logs);
+    out.extend(sidecar_inbound_listeners(reg, proxy, logs, policy));
+    out
+}
+
+/// The listeners every sidecar has alike: the capture ports, and one per outbound service
+/// port (pilot builds them once for all sidecars).
+pub fn sidecar_outbound_listeners(
+    reg: &dyn ServiceRegistry,
+    logs: AccessLogs<'_>,
+) -> Vec<Listener> {
     let mut out = vec![
         capture("virtualOutbound", OUTBOUND_PORT),
         capture("virtualInbound", INBOUND_PORT),
@@ -381,6 +392,17 @@ pub fn sidecar_listeners(
             }
         }
     }
+    out
+}
+
+/// A sidecar's own listeners: one per port its workload serves.
+pub fn sidecar_inbound_listeners(
+    reg: &dyn ServiceRegistry,
+    proxy: &Proxy,
+    logs: AccessLogs<'_>,
+    policy: Option<&str>,
+) -> Vec<Listener> {
+    let mut out = Vec::new();
     let mut inbound = BTreeMap::new();
     for (svc, port, target) in reg.services_of(proxy.ip) {
         inbound.entry(port.port).or_insert((svc, port, target));
