@@ -39,7 +39,7 @@ pub fn to_xds(snap: &Snapshot) -> XdsSnapshot {
             };
             let value = serde_json::to_vec(&r.to_value()).unwrap_or_default();
             t.resources.insert(
-                name,
+                name.into(),
                 Arc::new(Any {
                     type_url: type_url.clone(),
                     value,

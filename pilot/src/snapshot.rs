@@ -66,10 +66,10 @@ type RoutesKey = (String, BTreeMap<String, String>);
 #[derive(Debug)]
 struct SharedParts {
     /// Every service's outbound clusters, encoded, and a hash of them all.
-    outbound_clusters: BTreeMap<String, Arc<Any>>,
+    outbound_clusters: BTreeMap<Arc<str>, Arc<Any>>,
     outbound_hash: u64,
     /// Every sidecar's outbound listeners, encoded, and their hash.
-    outbound_listeners: BTreeMap<String, Arc<Any>>,
+    outbound_listeners: BTreeMap<Arc<str>, Arc<Any>>,
     outbound_listeners_hash: u64,
     /// Every service's endpoints (the same resources for every proxy).
     endpoints: Arc<TypeResources>,
@@ -295,12 +295,12 @@ pub fn mesh_config(text: &str) -> Result<MeshConfig, String> {
 /// them all.
 fn encode_shared<M: prost::Message + prost::Name>(
     items: impl Iterator<Item = (String, M)>,
-    before: Option<&BTreeMap<String, Arc<Any>>>,
-) -> (BTreeMap<String, Arc<Any>>, u64) {
-    let mut out = BTreeMap::new();
+    before: Option<&BTreeMap<Arc<str>, Arc<Any>>>,
+) -> (BTreeMap<Arc<str>, Arc<Any>>, u64) {
+    let mut out: BTreeMap<Arc<str>, Arc<Any>> = BTreeMap::new();
     for (name, m) in items {
-        let old = before.and_then(|b| b.get(&name));
-        out.insert(name, reuse_or_new(old, any(&m)));
+        let old = before.and_then(|b| b.get(name.as_str()));
+        out.insert(name.into(), reuse_or_new(old, any(&m)));
     }
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for (name, a) in &out {
@@ -346,7 +346,7 @@ fn resources<M: prost::Message + prost::Name>(items: Vec<(String, M)>) -> Arc<Ty
         let a: Any = any(&m);
         name.hash(&mut h);
         a.value.hash(&mut h);
-        t.resources.insert(name, Arc::new(a));
+        t.resources.insert(name.into(), Arc::new(a));
     }
     t.version = format!("{:016x}", h.finish());
     Arc::new(t)
@@ -355,7 +355,7 @@ fn resources<M: prost::Message + prost::Name>(items: Vec<(String, M)>) -> Arc<Ty
 /// The shared resources (already encoded) plus the proxy's own, versioned by the shared
 /// part's hash and the proxy's own resources.
 fn with_shared<M: prost::Message + prost::Name>(
-    shared: &BTreeMap<String, Arc<Any>>,
+    shared: &BTreeMap<Arc<str>, Arc<Any>>,
     shared_hash: u64,
     own: Vec<(String, M)>,
 ) -> TypeResources {
@@ -369,7 +369,7 @@ fn with_shared<M: prost::Message + prost::Name>(
         let a: Any = any(&m);
         name.hash(&mut h);
         a.value.hash(&mut h);
-        t.resources.insert(name, Arc::new(a));
+        t.resources.insert(name.into(), Arc::new(a));
     }
     t.version = format!("{:016x}", h.finish());
     t

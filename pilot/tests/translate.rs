@@ -107,7 +107,11 @@ fn route_action(rc: &RouteConfiguration, vhost_contains: &str, i: usize) -> Rout
 fn sidecar_clusters_endpoints_and_listeners() {
     let mesh = bookinfo(&[]);
     let snap = proxy_snapshot(&mesh, &sidecar());
-    let names: Vec<&String> = snap.types[CLUSTER_TYPE].resources.keys().collect();
+    let names: Vec<&str> = snap.types[CLUSTER_TYPE]
+        .resources
+        .keys()
+        .map(|k| &**k)
+        .collect();
     for want in [
         "outbound|9080||reviews.default.svc.cluster.local",
         "outbound|9080|v1|reviews.default.svc.cluster.local",
@@ -118,7 +122,7 @@ fn sidecar_clusters_endpoints_and_listeners() {
         "PassthroughCluster",
     ] {
         assert!(
-            names.iter().any(|n| *n == want),
+            names.contains(&want),
             "missing cluster {want}: {names:?}"
         );
     }
@@ -742,4 +746,47 @@ fn gateways_pass_tls_through_by_sni_and_tell_https_servers_apart_by_name() {
         tcp_cluster(&tcp, 0),
         "outbound|9080||ratings.default.svc.cluster.local"
     );
+}
+
+/// A new configuration reuses the previous one's resources where they come out the same:
+/// the ADS server then tells them unchanged by pointer and sends only what changed.
+#[test]
+fn a_new_configuration_keeps_unchanged_resources_shared() {
+    const ENDPOINT_TYPE: &str =
+        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    let before = bookinfo(&[]);
+    let first = proxy_snapshot(&before, &sidecar());
+    let entry = "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {name: ext}\nspec:\n  hosts: [ext.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  location: MESH_EXTERNAL\n  endpoints: [{address: 192.0.2.7}]\n";
+    let after = bookinfo(&[entry]).reusing(&before);
+    let second = proxy_snapshot(&after, &sidecar());
+    let same = |type_url: &str, name: &str| {
+        Arc::ptr_eq(
+            &first.types[type_url].resources[name],
+            &second.types[type_url].resources[name],
+        )
+    };
+    let reviews = "outbound|9080|v1|reviews.default.svc.cluster.local";
+    assert!(
+        same(CLUSTER_TYPE, reviews),
+        "an unchanged cluster is shared"
+    );
+    assert!(same(
+        ENDPOINT_TYPE,
+        "outbound|9080||reviews.default.svc.cluster.local"
+    ));
+    assert!(same(LISTENER_TYPE, "0.0.0.0_9080"));
+    let new = "outbound|80||ext.example.com";
+    assert!(second.types[CLUSTER_TYPE].resources.contains_key(new));
+    assert!(!first.types[CLUSTER_TYPE].resources.contains_key(new));
+    assert_ne!(
+        first.types[CLUSTER_TYPE].version,
+        second.types[CLUSTER_TYPE].version
+    );
+    // Without reuse the same content comes in new allocations.
+    let fresh = proxy_snapshot(&bookinfo(&[entry]), &sidecar());
+    assert!(!Arc::ptr_eq(
+        &first.types[CLUSTER_TYPE].resources[reviews],
+        &fresh.types[CLUSTER_TYPE].resources[reviews]
+    ));
 }

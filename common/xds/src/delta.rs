@@ -132,13 +132,13 @@ impl DeltaState {
     ) -> Option<DeltaDiscoveryResponse> {
         let sub = self.subs.get_mut(type_url)?;
         let wanted = |name: &str| sub.names.as_ref().is_none_or(|n| n.contains(name));
-        let current: BTreeMap<&String, &Any> = snap
+        let current: BTreeMap<&str, &Any> = snap
             .get(type_url)
             .map(|t| {
                 t.resources
                     .iter()
                     .filter(|(n, _)| wanted(n))
-                    .map(|(n, a)| (n, &**a))
+                    .map(|(n, a)| (&**n, &**a))
                     .collect()
             })
             .unwrap_or_default();
@@ -147,9 +147,9 @@ impl DeltaState {
         for (name, any) in &current {
             let version = resource_version(any);
             if sub.client.get(*name) != Some(&version) {
-                updated.insert((*name).clone(), version.clone());
+                updated.insert((*name).to_owned(), version.clone());
                 resources.push(Resource {
-                    name: (*name).clone(),
+                    name: (*name).to_owned(),
                     version,
                     resource: Some((*any).clone()),
                     ..Default::default()
@@ -159,14 +159,14 @@ impl DeltaState {
         let mut removed: Vec<String> = sub
             .client
             .keys()
-            .filter(|n| !current.contains_key(n))
+            .filter(|n| !current.contains_key(n.as_str()))
             .cloned()
             .collect();
         // Names asked for that do not exist are answered as removed: that is how a delta
         // client learns not to wait for them.
         if always && let Some(names) = &sub.names {
             for n in names {
-                if !current.contains_key(n) && !removed.contains(n) {
+                if !current.contains_key(n.as_str()) && !removed.contains(n) {
                     removed.push(n.clone());
                 }
             }

@@ -243,7 +243,7 @@ impl StreamState {
             .flatten()
             .peekable();
         for (name, any) in current.iter().flat_map(|t| t.resources.iter()) {
-            if sub.names.as_ref().is_some_and(|n| !n.contains(name)) {
+            if sub.names.as_ref().is_some_and(|n| !n.contains(&**name)) {
                 continue;
             }
             // The same `Arc` is the same resource, name included: no names to compare.
@@ -258,11 +258,28 @@ impl StreamState {
                         .is_some_and(|(held, old)| *held == name && ***old == **any)
                 };
             if !unchanged && is_parent {
-                changed.insert(name.clone());
+                changed.insert(name.to_string());
             }
-            let named = sub.resend_names.as_ref().is_some_and(|n| n.contains(name));
-            if scope == Scope::All || !unchanged || named {
+            if scope == Scope::All || !unchanged {
                 resources.push(any.clone());
+            }
+        }
+        // Those named for a resend, unless changed (and so already in).
+        if scope == Scope::Changed
+            && let (Some(named), Some(current)) = (&sub.resend_names, current)
+        {
+            let changed_count = resources.len();
+            for name in named {
+                if sub.names.as_ref().is_some_and(|n| !n.contains(name)) {
+                    continue;
+                }
+                if let Some(any) = current.resources.get(name.as_str())
+                    && !resources[..changed_count]
+                        .iter()
+                        .any(|r| Arc::ptr_eq(r, any))
+                {
+                    resources.push(any.clone());
+                }
             }
         }
         sub.sent_from = current.cloned();

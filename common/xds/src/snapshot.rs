@@ -9,9 +9,10 @@ use envoy_types::pb::google::protobuf::Any;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TypeResources {
     pub version: String,
-    /// Resource name -> resource. Shared: proxies' snapshots hold the same encoded
-    /// resources (pilot's outbound clusters) without copying them.
-    pub resources: BTreeMap<String, Arc<Any>>,
+    /// Resource name -> resource. Shared, names too: proxies' snapshots hold the same
+    /// encoded resources (pilot's outbound clusters) without copying them, and cloning a
+    /// map of them copies no strings.
+    pub resources: BTreeMap<Arc<str>, Arc<Any>>,
 }
 
 /// Everything a server offers a client, by type URL. Types absent here are offered as

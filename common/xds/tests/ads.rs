@@ -24,7 +24,7 @@ fn snapshot(version: &str, a: &[&str], b: &[&str]) -> Arc<XdsSnapshot> {
         };
         for n in names {
             tr.resources.insert(
-                (*n).to_owned(),
+                (*n).into(),
                 Arc::new(Any {
                     type_url: t.to_owned(),
                     value: n.as_bytes().to_vec(),
