@@ -8,7 +8,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use hyper_util::rt::TokioIo;
 use keel_config::kind::KINDS;
-use keel_config::store::Snapshot;
+use keel_config::store::{ParsedDocuments, Snapshot};
 use keel_xds::XdsSnapshot;
 use keel_xds::client::{self, ClientConfig, ClientState};
 use keel_xds::server::{AdsServer, SnapshotSource};
@@ -86,6 +86,11 @@ pub enum StartError {
 /// Galley's resources as a configuration snapshot.
 pub fn config_from_galley(state: &ClientState) -> Snapshot {
     Snapshot::from_json_documents(state.snapshot_version(), state.payloads())
+}
+
+/// The same, parsing only the documents that changed since the last call with `parsed`.
+pub fn config_from_galley_reusing(state: &ClientState, parsed: &mut ParsedDocuments) -> Snapshot {
+    Snapshot::from_json_documents_reusing(state.snapshot_version(), state.payloads(), parsed)
 }
 
 /// Computes each connected proxy's snapshot from the mesh, debounced.
@@ -214,10 +219,11 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
     let (mesh_tx, mesh_rx) = watch::channel(Arc::new(Mesh::default()));
     let (ready_tx, ready_rx) = watch::channel(false);
     let follow = tokio::spawn(async move {
+        let mut parsed = ParsedDocuments::default();
         loop {
             let state = galley.borrow_and_update().clone();
             if state.synced {
-                let config = config_from_galley(&state);
+                let config = config_from_galley_reusing(&state, &mut parsed);
                 tracing::info!(
                     version = config.version,
                     resources = config.resources.len(),

@@ -121,10 +121,7 @@ fn sidecar_clusters_endpoints_and_listeners() {
         "BlackHoleCluster",
         "PassthroughCluster",
     ] {
-        assert!(
-            names.contains(&want),
-            "missing cluster {want}: {names:?}"
-        );
+        assert!(names.contains(&want), "missing cluster {want}: {names:?}");
     }
     let cla: ClusterLoadAssignment = decode(
         &snap,

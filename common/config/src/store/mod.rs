@@ -10,7 +10,7 @@
 mod dir;
 mod memory;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -47,6 +47,27 @@ impl Change {
     }
 }
 
+/// Resources parsed from galley's documents, by the documents' bytes.
+#[derive(Debug, Default)]
+pub struct ParsedDocuments(HashMap<Box<[u8]>, Arc<Resource>>);
+
+/// One of galley's documents; `None` (logged) when it does not load.
+fn parse_document(doc: &[u8]) -> Option<Resource> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(doc) else {
+        tracing::warn!("galley sent a resource that is not JSON; skipped");
+        return None;
+    };
+    match crate::load::load_document(&value, None) {
+        (Ok(r), _) => Some(r),
+        (Err(()), diags) => {
+            for d in diags {
+                tracing::warn!(error = %d, "galley sent a resource that cannot be read; skipped");
+            }
+            None
+        }
+    }
+}
+
 impl Snapshot {
     /// The resources of one kind, in key order (a range of the map, not a scan of it).
     pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = (&ResourceKey, &Arc<Resource>)> {
@@ -67,26 +88,34 @@ impl Snapshot {
         version: u64,
         documents: impl IntoIterator<Item = &'a [u8]>,
     ) -> Snapshot {
+        Snapshot::from_json_documents_reusing(version, documents, &mut ParsedDocuments::default())
+    }
+
+    /// The same, parsing only documents `parsed` has not seen: a subscriber that keeps
+    /// `parsed` between galley's snapshots reads a one-resource change as one document,
+    /// not the whole mesh again. `parsed` then holds this snapshot's documents.
+    pub fn from_json_documents_reusing<'a>(
+        version: u64,
+        documents: impl IntoIterator<Item = &'a [u8]>,
+        parsed: &mut ParsedDocuments,
+    ) -> Snapshot {
         let mut snap = Snapshot {
             version,
             ..Snapshot::default()
         };
+        let mut now = HashMap::new();
         for doc in documents {
-            let Ok(value) = serde_json::from_slice::<serde_json::Value>(doc) else {
-                tracing::warn!("galley sent a resource that is not JSON; skipped");
-                continue;
+            let resource = match parsed.0.remove(doc) {
+                Some(r) => r,
+                None => match parse_document(doc) {
+                    Some(r) => Arc::new(r),
+                    None => continue,
+                },
             };
-            match crate::load::load_document(&value, None) {
-                (Ok(r), _) => {
-                    snap.resources.insert(r.key(), Arc::new(r));
-                }
-                (Err(()), diags) => {
-                    for d in diags {
-                        tracing::warn!(error = %d, "galley sent a resource that cannot be read; skipped");
-                    }
-                }
-            }
+            snap.resources.insert(resource.key(), resource.clone());
+            now.insert(Box::<[u8]>::from(doc), resource);
         }
+        parsed.0 = now;
         snap
     }
 
