@@ -24,6 +24,7 @@ use tonic::{Response, Status, Streaming};
 use crate::snapshot::{TypeResources, XdsSnapshot};
 use crate::status::SyncRegistry;
 use crate::wire::{AdsService, SotwResponse};
+use envoy_types::pb::google::protobuf::Any;
 
 /// Where a server's snapshots come from. A server may give each client its own view (pilot
 /// computes per proxy); galley gives everyone the same.
@@ -131,9 +132,59 @@ pub(crate) const DEPENDENTS: &[(&str, &str)] = &[
 pub struct StreamState {
     subs: BTreeMap<String, Subscription>,
     nonce: u64,
+    changes: Arc<ChangeCache>,
+}
+
+/// What changed between two versions of an incremental type, shared by a server's streams:
+/// proxies holding the same shared endpoints move to the same new ones, so the difference
+/// is found once per change, not once per proxy. One entry per type (the latest change).
+#[derive(Debug, Default)]
+pub struct ChangeCache(std::sync::Mutex<BTreeMap<String, CachedChange>>);
+
+#[derive(Debug)]
+struct CachedChange {
+    from: Arc<TypeResources>,
+    to: Arc<TypeResources>,
+    changed: Arc<[Arc<Any>]>,
+}
+
+impl ChangeCache {
+    fn get(
+        &self,
+        type_url: &str,
+        from: &Arc<TypeResources>,
+        to: &Arc<TypeResources>,
+    ) -> Option<Arc<[Arc<Any>]>> {
+        let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(type_url)
+            .filter(|c| Arc::ptr_eq(&c.from, from) && Arc::ptr_eq(&c.to, to))
+            .map(|c| c.changed.clone())
+    }
+
+    fn put(
+        &self,
+        type_url: &str,
+        from: Arc<TypeResources>,
+        to: Arc<TypeResources>,
+        changed: Arc<[Arc<Any>]>,
+    ) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(type_url.to_owned(), CachedChange { from, to, changed });
+    }
 }
 
 impl StreamState {
+    /// A stream's state sharing `changes` with the server's other streams.
+    pub fn with_change_cache(changes: Arc<ChangeCache>) -> StreamState {
+        StreamState {
+            changes,
+            ..StreamState::default()
+        }
+    }
+
     /// Handles a request against the current snapshot: what it meant, and the response to
     /// send, if any.
     pub fn on_request(
@@ -235,6 +286,19 @@ impl StreamState {
             (Some(c), Some(s)) => Arc::ptr_eq(c, s),
             _ => false,
         };
+        // Wildcard subscribers moving between the same two versions of an incremental type
+        // share one computation of what changed.
+        let shared_pair = match (current, &sub.sent_from) {
+            (Some(to), Some(from))
+                if scope == Scope::Changed && !is_parent && sub.names.is_none() && !same_set =>
+            {
+                Some((from.clone(), to.clone()))
+            }
+            _ => None,
+        };
+        let cached = shared_pair
+            .as_ref()
+            .and_then(|(from, to)| self.changes.get(type_url, from, to));
         let mut held_iter = sub
             .sent_from
             .as_ref()
@@ -242,7 +306,8 @@ impl StreamState {
             .into_iter()
             .flatten()
             .peekable();
-        for (name, any) in current.iter().flat_map(|t| t.resources.iter()) {
+        let walk = if cached.is_some() { None } else { current };
+        for (name, any) in walk.iter().flat_map(|t| t.resources.iter()) {
             if sub.names.as_ref().is_some_and(|n| !n.contains(&**name)) {
                 continue;
             }
@@ -263,6 +328,14 @@ impl StreamState {
             if scope == Scope::All || !unchanged {
                 resources.push(any.clone());
             }
+        }
+        match (cached, shared_pair) {
+            (Some(list), _) => resources.extend(list.iter().cloned()),
+            (None, Some((from, to))) => {
+                self.changes
+                    .put(type_url, from, to, resources.clone().into());
+            }
+            (None, None) => {}
         }
         // Those named for a resend, unless changed (and so already in).
         if scope == Scope::Changed
@@ -319,6 +392,7 @@ pub struct AdsServer<S> {
     observer: Arc<dyn Observer>,
     next_id: AtomicU64,
     pushes: Arc<Semaphore>,
+    changes: Arc<ChangeCache>,
 }
 
 /// How many state of the world pushes (after a snapshot change) may be in flight at once:
@@ -347,6 +421,7 @@ impl<S: SnapshotSource> AdsServer<S> {
             observer: Arc::new(LogObserver),
             next_id: AtomicU64::new(1),
             pushes: Arc::new(Semaphore::new(DEFAULT_PUSH_LIMIT)),
+            changes: Arc::new(ChangeCache::default()),
         }
     }
 
@@ -378,6 +453,7 @@ impl<S: SnapshotSource> AdsServer<S> {
             registry: self.registry.clone(),
             observer: self.observer.clone(),
             pushes: self.pushes.clone(),
+            changes: self.changes.clone(),
         }
     }
 
@@ -422,6 +498,7 @@ struct StreamTask<S> {
     registry: Arc<SyncRegistry>,
     observer: Arc<dyn Observer>,
     pushes: Arc<Semaphore>,
+    changes: Arc<ChangeCache>,
 }
 
 /// A push in flight: its permit, and the nonces not answered yet.
@@ -446,7 +523,7 @@ impl<S: SnapshotSource> StreamTask<S> {
         self.registry.insert(self.id, node_id.clone());
         self.observer.connected(&node_id);
         let mut snaps = self.source.snapshots(&node);
-        let mut state = StreamState::default();
+        let mut state = StreamState::with_change_cache(self.changes.clone());
         let mut in_flight: Option<InFlight> = None;
         let mut next = Some(first);
         loop {
@@ -796,6 +873,58 @@ mod tests {
         assert_eq!(again.resources.len(), 1);
         assert_eq!(again.resources[0].value, b"ea");
         assert!(st.on_request(&mk(EDS, &again.nonce), &snap2).1.is_none());
+    }
+
+    #[test]
+    fn streams_moving_between_the_same_versions_share_what_changed() {
+        const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+        let typed = |version: &str, items: &[(&str, &str)]| {
+            let mut t = TypeResources {
+                version: version.into(),
+                ..Default::default()
+            };
+            for (name, value) in items {
+                t.resources.insert(
+                    (*name).into(),
+                    Arc::new(Any {
+                        type_url: String::new(),
+                        value: value.as_bytes().to_vec(),
+                    }),
+                );
+            }
+            Arc::new(t)
+        };
+        let snap_of = |t: &Arc<TypeResources>| XdsSnapshot {
+            types: [(EDS.to_owned(), t.clone())].into(),
+        };
+        let cache = Arc::new(ChangeCache::default());
+        let subscribe = DiscoveryRequest {
+            type_url: EDS.into(),
+            ..Default::default()
+        };
+        let v1 = typed("1", &[("a", "1"), ("b", "1")]);
+        let v2 = typed("2", &[("a", "1"), ("b", "2")]);
+        let v3 = typed("3", &[("a", "3"), ("b", "2")]);
+        let mut streams: Vec<StreamState> = (0..3)
+            .map(|_| StreamState::with_change_cache(cache.clone()))
+            .collect();
+        for st in &mut streams[..2] {
+            st.on_request(&subscribe, &snap_of(&v1));
+        }
+        // The third stream joined at v2: it holds a different version.
+        streams[2].on_request(&subscribe, &snap_of(&v2));
+        let pushed: Vec<Vec<SotwResponse>> = streams
+            .iter_mut()
+            .map(|st| st.on_snapshot(&snap_of(&v3)))
+            .collect();
+        let values = |r: &SotwResponse| -> Vec<Vec<u8>> {
+            r.resources.iter().map(|a| a.value.clone()).collect()
+        };
+        // From v1: a and b changed; the second stream's answer came from the cache.
+        assert_eq!(values(&pushed[0][0]), [b"3".to_vec(), b"2".to_vec()]);
+        assert_eq!(values(&pushed[1][0]), values(&pushed[0][0]));
+        // From v2: only a.
+        assert_eq!(values(&pushed[2][0]), [b"3".to_vec()]);
     }
 
     #[test]
