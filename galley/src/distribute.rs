@@ -23,28 +23,40 @@ pub fn type_urls() -> Vec<String> {
 
 /// The ADS view of a store snapshot.
 pub fn to_xds(snap: &Snapshot) -> XdsSnapshot {
+    to_xds_reusing(snap, None)
+}
+
+/// The same, reusing `previous` (the last snapshot and its view) for every resource that
+/// did not change: the store keeps an unchanged resource's `Arc`, so its JSON document is
+/// not written again, and the ADS server tells it unchanged by pointer.
+pub fn to_xds_reusing(snap: &Snapshot, previous: Option<(&Snapshot, &XdsSnapshot)>) -> XdsSnapshot {
     let version = snap.version.to_string();
     let mut out = XdsSnapshot::default();
     for info in KINDS {
         let type_url = info.kind.type_url();
+        let before = previous.and_then(|(s, x)| Some((s, x.get(&type_url)?)));
         let mut t = TypeResources {
             version: version.clone(),
             ..Default::default()
         };
-        for (key, r) in snap.resources.iter().filter(|(k, _)| k.kind == info.kind) {
+        for (key, r) in snap.of_kind(info.kind) {
             let name = if key.namespace.is_empty() {
                 key.name.clone()
             } else {
                 format!("{}/{}", key.namespace, key.name)
             };
-            let value = serde_json::to_vec(&r.to_value()).unwrap_or_default();
-            t.resources.insert(
-                name.into(),
+            let kept = before.and_then(|(s, x)| {
+                s.get(key)
+                    .filter(|old| Arc::ptr_eq(old, r))
+                    .and_then(|_| x.resources.get(name.as_str()).cloned())
+            });
+            let any = kept.unwrap_or_else(|| {
                 Arc::new(Any {
                     type_url: type_url.clone(),
-                    value,
-                }),
-            );
+                    value: serde_json::to_vec(&r.to_value()).unwrap_or_default(),
+                })
+            });
+            t.resources.insert(name.into(), any);
         }
         out.types.insert(type_url, Arc::new(t));
     }
@@ -63,6 +75,7 @@ pub fn follow(
     metrics.snapshot_version.set(first.version);
     let (tx, rx) = watch::channel(Arc::new(to_xds(&first)));
     let handle = tokio::spawn(async move {
+        let mut last = first;
         while store.changed().await.is_ok() {
             let snap = store.borrow_and_update().clone();
             metrics.snapshot_version.set(snap.version);
@@ -71,9 +84,11 @@ pub fn follow(
                 resources = snap.resources.len(),
                 "publishing configuration"
             );
-            if tx.send(Arc::new(to_xds(&snap))).is_err() {
+            let view = to_xds_reusing(&snap, Some((&last, &tx.borrow())));
+            if tx.send(Arc::new(view)).is_err() {
                 return;
             }
+            last = snap;
         }
     });
     (rx, handle)
@@ -117,5 +132,44 @@ impl Observer for MetricsObserver {
             reason,
             "subscriber rejected a push"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn resources(yaml: &str) -> Vec<Arc<keel_config::Resource>> {
+        let report = keel_config::load_str("t.yaml", yaml, Some("default"));
+        assert!(report.is_ok(), "{:?}", report.diagnostics);
+        report.resources.into_iter().map(Arc::new).collect()
+    }
+
+    #[test]
+    fn unchanged_resources_keep_their_documents() {
+        let se = |name: &str, host: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: DNS\n"
+            )
+        };
+        let a = resources(&se("a", "a.example.com")).remove(0);
+        let b1 = resources(&se("b", "b.example.com")).remove(0);
+        let b2 = resources(&se("b", "b2.example.com")).remove(0);
+        let snap = |version: u64, rs: &[&Arc<keel_config::Resource>]| Snapshot {
+            version,
+            resources: rs.iter().map(|r| (r.key(), (*r).clone())).collect(),
+        };
+        let s1 = snap(1, &[&a, &b1]);
+        let x1 = to_xds(&s1);
+        let s2 = snap(2, &[&a, &b2]);
+        let x2 = to_xds_reusing(&s2, Some((&s1, &x1)));
+        let t = keel_config::Kind::ServiceEntry.type_url();
+        let (r1, r2) = (&x1.types[&t].resources, &x2.types[&t].resources);
+        assert!(Arc::ptr_eq(&r1["default/a"], &r2["default/a"]));
+        assert!(!Arc::ptr_eq(&r1["default/b"], &r2["default/b"]));
+        assert_eq!(x2.types[&t].version, "2");
+        // Reused or not, the documents are what a fresh view writes.
+        assert_eq!(x2, to_xds(&s2));
     }
 }
