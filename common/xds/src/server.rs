@@ -763,6 +763,24 @@ mod tests {
         }
     }
 
+    /// Resources of one type: (name, value) pairs at `version`.
+    fn typed(version: &str, items: &[(&str, &str)]) -> Arc<TypeResources> {
+        let mut t = TypeResources {
+            version: version.into(),
+            ..Default::default()
+        };
+        for (name, value) in items {
+            t.resources.insert(
+                (*name).into(),
+                Arc::new(Any {
+                    type_url: String::new(),
+                    value: value.as_bytes().to_vec(),
+                }),
+            );
+        }
+        Arc::new(t)
+    }
+
     fn req(nonce: &str, version: &str, names: &[&str]) -> DiscoveryRequest {
         DiscoveryRequest {
             type_url: T.into(),
@@ -824,22 +842,6 @@ mod tests {
     fn a_cluster_push_makes_the_next_endpoint_request_answered() {
         const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
         const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-        let typed = |version: &str, items: &[(&str, &str)]| {
-            let mut t = TypeResources {
-                version: version.into(),
-                ..Default::default()
-            };
-            for (name, value) in items {
-                t.resources.insert(
-                    (*name).into(),
-                    Arc::new(Any {
-                        type_url: String::new(),
-                        value: value.as_bytes().to_vec(),
-                    }),
-                );
-            }
-            Arc::new(t)
-        };
         let mut st = StreamState::default();
         let mut snap = XdsSnapshot::default();
         snap.types
@@ -878,22 +880,6 @@ mod tests {
     #[test]
     fn streams_moving_between_the_same_versions_share_what_changed() {
         const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-        let typed = |version: &str, items: &[(&str, &str)]| {
-            let mut t = TypeResources {
-                version: version.into(),
-                ..Default::default()
-            };
-            for (name, value) in items {
-                t.resources.insert(
-                    (*name).into(),
-                    Arc::new(Any {
-                        type_url: String::new(),
-                        value: value.as_bytes().to_vec(),
-                    }),
-                );
-            }
-            Arc::new(t)
-        };
         let snap_of = |t: &Arc<TypeResources>| XdsSnapshot {
             types: [(EDS.to_owned(), t.clone())].into(),
         };
@@ -930,22 +916,6 @@ mod tests {
     #[test]
     fn endpoint_pushes_carry_only_what_changed_and_a_nack_makes_the_next_complete() {
         const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-        let typed = |version: &str, items: &[(&str, &str)]| {
-            let mut t = TypeResources {
-                version: version.into(),
-                ..Default::default()
-            };
-            for (name, value) in items {
-                t.resources.insert(
-                    (*name).into(),
-                    Arc::new(Any {
-                        type_url: String::new(),
-                        value: value.as_bytes().to_vec(),
-                    }),
-                );
-            }
-            Arc::new(t)
-        };
         let snap_of = |t: Arc<TypeResources>| XdsSnapshot {
             types: [(EDS.to_owned(), t)].into(),
         };
