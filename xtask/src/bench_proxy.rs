@@ -56,6 +56,52 @@ const SERVICE_HOST: &str = "backend.bench.svc.cluster.local";
 /// Istio's proxy gid: the capture exempts it, the sidecars run with it.
 const PROXY_GID: &str = "1337";
 
+/// Which candidates and paths a run measures (`--only`, `--paths`); empty means all. The
+/// floor a path is compared with (`direct`, `pod-direct`) runs whenever that path does.
+pub struct Selection {
+    candidates: Vec<String>,
+    paths: Vec<String>,
+}
+
+const CANDIDATES: [&str; 4] = ["keel-proxy", "envoy", "nginx", "haproxy"];
+const PATHS: [&str; 4] = ["gateway", "l7-hop", "one-hop", "two-hop"];
+
+impl Selection {
+    pub fn new(candidates: Vec<String>, paths: Vec<String>) -> Result<Selection> {
+        for c in &candidates {
+            if !CANDIDATES.contains(&c.as_str()) {
+                bail!(
+                    "--only: unknown candidate {c:?} (one of {})",
+                    CANDIDATES.join(", ")
+                );
+            }
+        }
+        for p in &paths {
+            if !PATHS.contains(&p.as_str()) {
+                bail!("--paths: unknown path {p:?} (one of {})", PATHS.join(", "));
+            }
+        }
+        Ok(Selection { candidates, paths })
+    }
+
+    fn candidate(&self, name: &str) -> bool {
+        self.candidates.is_empty() || self.candidates.iter().any(|c| c == name)
+    }
+
+    fn path(&self, name: &str) -> bool {
+        self.paths.is_empty() || self.paths.iter().any(|p| p == name)
+    }
+
+    fn wants(&self, candidate: &str, path: &str) -> bool {
+        self.candidate(candidate) && self.path(path)
+    }
+
+    /// Whether any of the sidecar paths is measured (they need the pods' network).
+    fn sidecars(&self) -> bool {
+        self.path("one-hop") || self.path("two-hop")
+    }
+}
+
 struct Proc(Child);
 
 impl Drop for Proc {
@@ -752,7 +798,7 @@ fn sbin(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-pub fn proxy(root: &Path, envoy: &Path, quick: bool) -> Result<()> {
+pub fn proxy(root: &Path, envoy: &Path, quick: bool, selection: &Selection) -> Result<()> {
     eprintln!("xtask: building release binaries (keel-proxy, keel-pilot, keel-galley)");
     let ok = Command::new("cargo")
         .args([
@@ -787,10 +833,13 @@ pub fn proxy(root: &Path, envoy: &Path, quick: bool) -> Result<()> {
         .status();
     // The pods' network for the sidecar paths (root, iproute2, iptables); without it those
     // paths are skipped and the report says why.
-    let net = match BenchNet::up() {
-        Ok(net) => Some(net),
-        Err(e) => {
+    let mut sidecars_failed = false;
+    let net = match selection.sidecars().then(BenchNet::up) {
+        None => None,
+        Some(Ok(net)) => Some(net),
+        Some(Err(e)) => {
             eprintln!("xtask: the sidecar paths are skipped: {e:#}");
+            sidecars_failed = true;
             None
         }
     };
@@ -938,39 +987,35 @@ pub fn proxy(root: &Path, envoy: &Path, quick: bool) -> Result<()> {
         eprintln!("xtask: round {}/{repeats}", r + 1);
         let direct = loopback(BACKEND, "bench");
         let gateway = loopback(GATEWAY, "bench");
-        runs.push(run_candidate(
-            "direct",
-            "direct",
-            vec![],
-            direct,
-            &xtask,
-            quick,
-        )?);
+        if selection.path("gateway") || selection.path("l7-hop") {
+            runs.push(run_candidate(
+                "direct",
+                "direct",
+                vec![],
+                direct,
+                &xtask,
+                quick,
+            )?);
+        }
         for candidate in ["keel-proxy", "envoy"] {
-            let p = vec![proxy_cmd(candidate, &gateway_boot, None)];
-            runs.push(run_candidate(
-                candidate, "gateway", p, gateway, &xtask, quick,
-            )?);
+            if selection.wants(candidate, "gateway") {
+                let p = vec![proxy_cmd(candidate, &gateway_boot, None)];
+                runs.push(run_candidate(
+                    candidate, "gateway", p, gateway, &xtask, quick,
+                )?);
+            }
         }
-        if let Some(c) = nginx_cmd() {
-            runs.push(run_candidate(
-                "nginx",
-                "l7-hop",
-                vec![c],
-                gateway,
-                &xtask,
-                quick,
-            )?);
-        }
-        if let Some(c) = haproxy_cmd() {
-            runs.push(run_candidate(
-                "haproxy",
-                "l7-hop",
-                vec![c],
-                gateway,
-                &xtask,
-                quick,
-            )?);
+        for (candidate, cmd) in [("nginx", nginx_cmd()), ("haproxy", haproxy_cmd())] {
+            if let (Some(c), true) = (cmd, selection.wants(candidate, "l7-hop")) {
+                runs.push(run_candidate(
+                    candidate,
+                    "l7-hop",
+                    vec![c],
+                    gateway,
+                    &xtask,
+                    quick,
+                )?);
+            }
         }
         let Some(net) = net.as_ref() else { continue };
         runs.push(run_candidate(
@@ -983,35 +1028,39 @@ pub fn proxy(root: &Path, envoy: &Path, quick: bool) -> Result<()> {
         )?);
         net.capture(&keel_proxy, SERVER_NS, Some(BACKEND))?;
         for candidate in ["keel-proxy", "envoy"] {
-            let p = vec![proxy_cmd(candidate, &server_boot, Some(SERVER_NS))];
-            runs.push(run_candidate(
-                candidate,
-                "one-hop",
-                p,
-                to_server_pod,
-                &xtask,
-                quick,
-            )?);
+            if selection.wants(candidate, "one-hop") {
+                let p = vec![proxy_cmd(candidate, &server_boot, Some(SERVER_NS))];
+                runs.push(run_candidate(
+                    candidate,
+                    "one-hop",
+                    p,
+                    to_server_pod,
+                    &xtask,
+                    quick,
+                )?);
+            }
         }
         net.capture(&keel_proxy, CLIENT_NS, None)?;
         for candidate in ["keel-proxy", "envoy"] {
-            let p = vec![
-                proxy_cmd(candidate, &server_boot, Some(SERVER_NS)),
-                proxy_cmd(candidate, &client_boot, Some(CLIENT_NS)),
-            ];
-            runs.push(run_candidate(
-                candidate,
-                "two-hop",
-                p,
-                to_server_pod,
-                &xtask,
-                quick,
-            )?);
+            if selection.wants(candidate, "two-hop") {
+                let p = vec![
+                    proxy_cmd(candidate, &server_boot, Some(SERVER_NS)),
+                    proxy_cmd(candidate, &client_boot, Some(CLIENT_NS)),
+                ];
+                runs.push(run_candidate(
+                    candidate,
+                    "two-hop",
+                    p,
+                    to_server_pod,
+                    &xtask,
+                    quick,
+                )?);
+            }
         }
         net.uncapture(&keel_proxy, CLIENT_NS)?;
         net.uncapture(&keel_proxy, SERVER_NS)?;
     }
-    report(root, &runs, repeats, net.is_some())
+    report(root, &runs, repeats, sidecars_failed)
 }
 
 fn wait_port_at(addr: SocketAddrV4, what: &str) -> Result<()> {
@@ -1033,7 +1082,7 @@ fn floor_of(path: &str) -> &'static str {
 }
 
 /// Medians per (candidate, path): the markdown table, the JSON rows and the goal ratios.
-fn report(root: &Path, runs: &[Row], repeats: usize, sidecars: bool) -> Result<()> {
+fn report(root: &Path, runs: &[Row], repeats: usize, sidecars_failed: bool) -> Result<()> {
     let mut cells: Vec<(&str, &'static str)> = Vec::new();
     for r in runs {
         if !cells.contains(&(r.candidate.as_str(), r.path)) {
@@ -1120,7 +1169,7 @@ fn report(root: &Path, runs: &[Row], repeats: usize, sidecars: bool) -> Result<(
     summary.push_str(
         "\nThe two-hop path's CPU and memory are both sidecars' sum. Not measured yet: mTLS (no citadel), HTTP/2, policy checks and telemetry (no mixer in this run).\n",
     );
-    if !sidecars {
+    if sidecars_failed {
         summary.push_str("The sidecar paths were skipped: their network (root, iproute2, iptables) could not be set up; see the log.\n");
     }
     let out = root.join("target/bench");

@@ -74,6 +74,13 @@ enum BenchWhat {
         /// One round of short runs (under 5 minutes with a warm build).
         #[arg(long)]
         quick: bool,
+        /// Only these candidates (keel-proxy, envoy, nginx, haproxy; `direct` floors always
+        /// run), e.g. `--only keel-proxy`.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Only these paths (gateway, l7-hop, one-hop, two-hop; their floors run with them).
+        #[arg(long, value_delimiter = ',')]
+        paths: Vec<String>,
     },
     /// Pilot at scale: N services x M stub proxies and one Envoy; change to ACK, pilot CPU
     /// and memory (release builds, pilot pinned to one core).
@@ -116,10 +123,15 @@ fn main() -> ExitCode {
         } => bench_proxy::probe_main(addr, &host, timeout_ms),
         Task::Bench { what } => match what {
             BenchWhat::Samples { requests } => bench::samples(&workspace_root(), requests),
-            BenchWhat::Proxy { quick } => {
-                ensure_debian_packages(&[("nginx", "nginx"), ("haproxy", "haproxy")])
-                    .and_then(|()| ensure_envoy(&workspace_root()))
-                    .and_then(|envoy| bench_proxy::proxy(&workspace_root(), &envoy, quick))
+            BenchWhat::Proxy { quick, only, paths } => {
+                let selection = bench_proxy::Selection::new(only, paths);
+                selection.and_then(|selection| {
+                    ensure_debian_packages(&[("nginx", "nginx"), ("haproxy", "haproxy")])
+                        .and_then(|()| ensure_envoy(&workspace_root()))
+                        .and_then(|envoy| {
+                            bench_proxy::proxy(&workspace_root(), &envoy, quick, &selection)
+                        })
+                })
             }
             BenchWhat::Pilot { quick, size } => ensure_envoy(&workspace_root())
                 .and_then(|envoy| bench_pilot::pilot(&workspace_root(), &envoy, quick, size)),
