@@ -23,7 +23,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::body::{Outgoing, Replay};
+use crate::body::{BodyError, Outgoing, Replay};
 use crate::connect::Connector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -37,7 +37,7 @@ use crate::model::{
 };
 use crate::outlier::{Detector, Outcome as OutlierOutcome};
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BodyError>;
 
 /// How much of a request body is kept for retries and mirrors (Envoy's default buffer limit).
 const MAX_BUFFERED_BODY: usize = 1 << 20;
@@ -80,6 +80,7 @@ impl Drop for Active<'_> {
 #[derive(Debug, Default)]
 pub struct Upstreams {
     next: Mutex<HashMap<String, usize>>,
+    /// By cluster name.
     clients: Mutex<HashMap<String, Pool>>,
     client_tls: crate::tls::ClientConfigs,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
@@ -94,14 +95,109 @@ pub struct Upstreams {
 
 type RingEntry = (Vec<SocketAddr>, Arc<Vec<(u64, SocketAddr)>>);
 
-type UpstreamClient = Client<Connector, Outgoing>;
+/// How requests reach a cluster's endpoints.
+#[derive(Clone, Debug)]
+enum UpstreamClient {
+    /// keel-proxy's own HTTP/1.1 client, in the request's task: plaintext HTTP/1.1 clusters.
+    H1(Arc<crate::h1::Pool>),
+    /// hyper's pooled client: clusters that speak HTTP/2 or originate TLS.
+    Hyper(Arc<Client<Connector, Outgoing>>),
+}
+
+/// Why an attempt got no response.
+enum SendFailure {
+    Connect,
+    Reset,
+    /// A reused connection closed before answering: the request can go again at once.
+    Stale,
+}
+
+impl UpstreamClient {
+    /// Sends `parts`' request to `addr`; `take_headers` lets the request have the headers
+    /// instead of a copy (the last attempt).
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        parts: &mut hyper::http::request::Parts,
+        path: &str,
+        take_headers: bool,
+        body: Outgoing,
+    ) -> Result<Response<Body>, SendFailure> {
+        match self {
+            UpstreamClient::H1(pool) => {
+                match pool
+                    .send(addr, &parts.method, path, &parts.headers, body)
+                    .await
+                {
+                    Ok(r) => Ok(r.map(BodyExt::boxed)),
+                    Err(crate::h1::SendError::Stale { .. }) => Err(SendFailure::Stale),
+                    Err(e) if e.is_connect() => Err(SendFailure::Connect),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "upstream request failed");
+                        Err(SendFailure::Reset)
+                    }
+                }
+            }
+            UpstreamClient::Hyper(client) => {
+                let Ok(uri) = format!("http://{addr}{path}").parse::<hyper::Uri>() else {
+                    return Err(SendFailure::Reset);
+                };
+                let mut up = Request::new(body);
+                *up.method_mut() = parts.method.clone();
+                *up.uri_mut() = uri;
+                *up.headers_mut() = if take_headers {
+                    std::mem::take(&mut parts.headers)
+                } else {
+                    parts.headers.clone()
+                };
+                match client.request(up).await {
+                    Ok(r) => Ok(r.map(|b| b.map_err(BodyError::from).boxed())),
+                    Err(e) if e.is_connect() => Err(SendFailure::Connect),
+                    Err(_) => Err(SendFailure::Reset),
+                }
+            }
+        }
+    }
+}
 
 /// A cluster's connection pool, with the TLS configuration it was built with (a rotated
 /// certificate file gives a new configuration, and so a new pool).
 #[derive(Debug)]
 struct Pool {
+    settings: PoolSettings,
     tls: Option<Arc<rustls::ClientConfig>>,
     client: UpstreamClient,
+}
+
+/// What a cluster's pool was built with.
+#[derive(Debug)]
+struct PoolSettings {
+    http2: bool,
+    connect_timeout: Duration,
+    max_requests_per_connection: Option<u32>,
+    idle_timeout: Option<Duration>,
+    tls: Option<crate::model::ClientTls>,
+}
+
+impl PoolSettings {
+    fn of(cluster: &Cluster) -> PoolSettings {
+        PoolSettings {
+            http2: cluster.http2,
+            connect_timeout: cluster.connect_timeout,
+            max_requests_per_connection: cluster.max_requests_per_connection,
+            idle_timeout: cluster.idle_timeout,
+            tls: cluster.tls.clone(),
+        }
+    }
+
+    /// Whether `cluster` still has these settings (compared in place, nothing copied).
+    fn fit(&self, cluster: &Cluster) -> bool {
+        self.http2 == cluster.http2
+            && self.connect_timeout == cluster.connect_timeout
+            && self.max_requests_per_connection == cluster.max_requests_per_connection
+            && self.idle_timeout == cluster.idle_timeout
+            && self.tls == cluster.tls
+    }
 }
 
 /// One request in flight to an endpoint (counted while held).
@@ -136,11 +232,7 @@ impl Upstreams {
             Discovery::Eds => config
                 .endpoints
                 .get(&cluster.eds_name)
-                .map(|eps| {
-                    eps.iter()
-                        .filter_map(|e| Some(SocketAddr::new(e.host.parse().ok()?, e.port)))
-                        .collect()
-                })
+                .map(|eps| eps.iter().filter_map(|e| e.addr).collect())
                 .unwrap_or_default(),
             Discovery::Static => cluster
                 .hosts
@@ -188,6 +280,23 @@ impl Upstreams {
         original_dst: SocketAddr,
         hash: Option<u64>,
     ) -> Option<(SocketAddr, usize)> {
+        // The common case without a list built per request: EDS endpoints, no outlier
+        // detection, round robin or random.
+        if cluster.discovery == Discovery::Eds
+            && cluster.outlier.is_none()
+            && matches!(cluster.balancer, Balancer::RoundRobin | Balancer::Random)
+        {
+            let eps = config.endpoints.get(&cluster.eds_name)?;
+            let size = eps.iter().filter(|e| e.addr.is_some()).count();
+            if size == 0 {
+                return None;
+            }
+            let i = match cluster.balancer {
+                Balancer::Random => (crate::random_u64() % size as u64) as usize,
+                _ => self.round_robin(&cluster.name, size),
+            };
+            return eps.iter().filter_map(|e| e.addr).nth(i).map(|a| (a, size));
+        }
         let all = self.endpoints(config, cluster, original_dst);
         let size = all.len();
         let candidates = if cluster.outlier.is_some() {
@@ -225,15 +334,22 @@ impl Upstreams {
                 };
                 if load(y) < load(x) { y } else { x }
             }
-            Balancer::RoundRobin => {
-                let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-                let n = next.entry(cluster.name.clone()).or_insert(0);
-                let i = *n % candidates.len();
-                *n = n.wrapping_add(1);
-                i
-            }
+            Balancer::RoundRobin => self.round_robin(&cluster.name, candidates.len()),
         };
         candidates.get(i).map(|a| (*a, size))
+    }
+
+    /// The next position of `cluster`'s round robin over `n` endpoints.
+    fn round_robin(&self, cluster: &str, n: usize) -> usize {
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        // Looked up by reference: the name is copied once per cluster, not per request.
+        let at = match next.get_mut(cluster) {
+            Some(at) => at,
+            None => next.entry(cluster.to_owned()).or_insert(0),
+        };
+        let i = *at % n;
+        *at = at.wrapping_add(1);
+        i
     }
 
     /// The cluster's connection pool; an error when its TLS settings cannot be loaded.
@@ -251,34 +367,36 @@ impl Upstreams {
 
     fn client(&self, cluster: &Cluster) -> Result<UpstreamClient, crate::tls::TlsError> {
         let tls = self.tls_config(cluster)?;
-        // Settings are part of the key: a changed cluster gets a pool of its own.
-        let key = format!(
-            "{}|{}|{:?}|{:?}|{:?}|{:?}",
-            cluster.name,
-            cluster.http2,
-            cluster.connect_timeout,
-            cluster.max_requests_per_connection,
-            cluster.idle_timeout,
-            cluster.tls,
-        );
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pool) = clients.get(&key)
+        // A changed cluster (settings, or a rotated certificate) gets a pool of its own.
+        if let Some(pool) = clients.get(cluster.name.as_str())
+            && pool.settings.fit(cluster)
             && pool.tls.as_ref().map(Arc::as_ptr) == tls.as_ref().map(Arc::as_ptr)
         {
             return Ok(pool.client.clone());
         }
-        let connector = connector(cluster, tls.clone());
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(cluster.idle_timeout.unwrap_or(Duration::from_secs(60)));
-        // Clusters with HTTP/2 protocol options (gRPC services) speak HTTP/2 upstream.
-        builder.http2_only(cluster.http2);
-        if cluster.max_requests_per_connection == Some(1) {
-            builder.pool_max_idle_per_host(0);
-        }
-        let client = builder.build(connector);
+        let idle_timeout = cluster.idle_timeout.unwrap_or(Duration::from_secs(60));
+        let client = if !cluster.http2 && tls.is_none() {
+            UpstreamClient::H1(Arc::new(crate::h1::Pool::new(crate::h1::Settings {
+                connect_timeout: cluster.connect_timeout,
+                idle_timeout,
+                max_requests_per_connection: cluster.max_requests_per_connection,
+            })))
+        } else {
+            let connector = connector(cluster, tls.clone());
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder.pool_idle_timeout(idle_timeout);
+            // Clusters with HTTP/2 protocol options (gRPC services) speak HTTP/2 upstream.
+            builder.http2_only(cluster.http2);
+            if cluster.max_requests_per_connection == Some(1) {
+                builder.pool_max_idle_per_host(0);
+            }
+            UpstreamClient::Hyper(Arc::new(builder.build(connector)))
+        };
         clients.insert(
-            key,
+            cluster.name.clone(),
             Pool {
+                settings: PoolSettings::of(cluster),
                 tls,
                 client: client.clone(),
             },
@@ -357,23 +475,35 @@ pub async fn serve_connection<S>(
 {
     let listener: Arc<str> = listener.into();
     let chain = Arc::new(chain.clone());
+    // The connection manager found for the configuration last seen: looked up again only
+    // when the configuration changes.
+    let current: Mutex<Option<(Arc<Config>, Arc<HttpManager>)>> = Mutex::new(None);
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
+        let config = shared.config.borrow().clone();
         // Each request takes the listener's connection manager as it is now, so a changed
         // filter chain (policy checks turned off, access logs added) applies to requests on
         // connections accepted before the change too; a removed listener keeps its last.
-        let hcm = match shared
-            .config
-            .borrow()
-            .listeners
-            .get(&*listener)
-            .and_then(|l| l.chains.iter().find(|c| c.matcher == *chain))
-            .map(|c| &c.filter)
-        {
-            Some(crate::model::NetworkFilter::Http(current)) => current.clone(),
-            _ => hcm.clone(),
+        let hcm = {
+            let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
+            match &*current {
+                Some((seen, hcm)) if Arc::ptr_eq(seen, &config) => hcm.clone(),
+                _ => {
+                    let found = match config
+                        .listeners
+                        .get(&*listener)
+                        .and_then(|l| l.chains.iter().find(|c| c.matcher == *chain))
+                        .map(|c| &c.filter)
+                    {
+                        Some(crate::model::NetworkFilter::Http(now)) => now.clone(),
+                        _ => hcm.clone(),
+                    };
+                    *current = Some((config.clone(), found.clone()));
+                    found
+                }
+            }
         };
-        async move { Ok::<_, Infallible>(handle(shared, hcm, req, peer, local).await) }
+        async move { Ok::<_, Infallible>(handle(shared, config, hcm, req, peer, local).await) }
     });
     // HTTP/1.1, or HTTP/2 when the connection starts with its preface (h2c prior knowledge,
     // or h2 negotiated by ALPN on TLS listeners), as Envoy's codec_type AUTO.
@@ -387,7 +517,12 @@ pub async fn serve_connection<S>(
 /// The virtual host for `host` (lower-case): exact domain, then the longest `*.suffix`,
 /// then the longest `prefix*`, then `*` — Envoy's order.
 pub fn virtual_host<'a>(table: &'a RouteTable, host: &str) -> Option<&'a VirtualHost> {
-    let host = host.to_ascii_lowercase();
+    let host: std::borrow::Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        host.to_ascii_lowercase().into()
+    } else {
+        host.into()
+    };
+    let host = host.as_ref();
     let mut best_suffix: Option<(&VirtualHost, usize)> = None;
     let mut best_prefix: Option<(&VirtualHost, usize)> = None;
     let mut any = None;
@@ -417,7 +552,10 @@ pub fn virtual_host<'a>(table: &'a RouteTable, host: &str) -> Option<&'a Virtual
     best_suffix.or(best_prefix).map(|(v, _)| v).or(any)
 }
 
-fn header_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+fn header_value<'a>(
+    headers: &'a HeaderMap,
+    name: impl hyper::header::AsHeaderName,
+) -> Option<std::borrow::Cow<'a, str>> {
     let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
     let first = values.next()?;
     match values.next() {
@@ -459,9 +597,9 @@ pub fn route_for<'a>(
         path_ok
             && m.headers.iter().all(|h| {
                 let v = if h.name == ":authority" {
-                    header_value(headers, "host")
+                    header_value(headers, hyper::header::HOST)
                 } else {
-                    header_value(headers, &h.name)
+                    header_value(headers, h.name.as_str())
                 };
                 h.matches(v.as_deref())
             })
@@ -479,31 +617,56 @@ fn hit(fraction: crate::model::Fraction) -> bool {
     fraction.0 >= 1_000_000 || (crate::random_u64() % 1_000_000) < u64::from(fraction.0)
 }
 
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
+/// Header names the request path uses, made once (a `&str` name is parsed and checked on
+/// every lookup).
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+const X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    hyper::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    hyper::header::TRANSFER_ENCODING,
+    hyper::header::UPGRADE,
+    hyper::header::TE,
+    hyper::header::TRAILER,
 ];
 
-fn request_id() -> String {
+/// A version 4 UUID in its text form, written without the formatting machinery (one per
+/// request).
+fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let a = crate::random_u64();
     let b = crate::random_u64();
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0x0fff,
-        (b >> 48) & 0x3fff | 0x8000,
-        b & 0xffff_ffff_ffff
-    )
+    // 32 hex digits: the version nibble is 4, the variant's top bits are 10.
+    let bits = (u128::from(a) << 64 | u128::from(b)) & !(0xf << 76) & !(0x3 << 62)
+        | (0x4 << 76)
+        | (0x2 << 62);
+    let mut out = [0u8; 36];
+    let mut digit = 0;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *slot = b'-';
+        } else {
+            *slot = HEX[((bits >> (124 - 4 * digit)) & 0xf) as usize];
+            digit += 1;
+        }
+    }
+    match HeaderValue::from_bytes(&out) {
+        Ok(v) => v,
+        // Hex digits and dashes are always a valid header value.
+        Err(_) => HeaderValue::from_static("00000000-0000-4000-8000-000000000000"),
+    }
 }
 
 async fn handle(
     shared: Arc<Shared>,
+    config: Arc<Config>,
     hcm: Arc<HttpManager>,
     req: Request<Incoming>,
     peer: SocketAddr,
@@ -513,7 +676,6 @@ async fn handle(
     let start_time = SystemTime::now();
     shared.stats.downstream_rq.inc();
     let _active = Active::enter(&shared.active);
-    let config = shared.config.borrow().clone();
     let (mut parts, body) = req.into_parts();
     let body = Replay::new(body, MAX_BUFFERED_BODY);
     // At the edge, a client outside the private address ranges is external (Envoy 1.8's
@@ -523,7 +685,7 @@ async fn handle(
         if is_internal(peer.ip()) {
             parts
                 .headers
-                .insert("x-envoy-internal", HeaderValue::from_static("true"));
+                .insert(X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
         } else {
             let untrusted: Vec<HeaderName> = parts
                 .headers
@@ -534,31 +696,29 @@ async fn handle(
             for k in untrusted {
                 parts.headers.remove(k);
             }
-            parts.headers.remove("x-request-id");
+            parts.headers.remove(X_REQUEST_ID);
             if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
-                parts.headers.insert("x-envoy-external-address", v);
+                parts.headers.insert(X_ENVOY_EXTERNAL_ADDRESS, v);
             }
         }
     }
     // Request headers every proxy sets (Envoy: x-request-id, x-forwarded-proto; at the edge
     // also x-forwarded-for).
-    if !parts.headers.contains_key("x-request-id")
-        && let Ok(v) = HeaderValue::from_str(&request_id())
-    {
-        parts.headers.insert("x-request-id", v);
+    if !parts.headers.contains_key(X_REQUEST_ID) {
+        parts.headers.insert(X_REQUEST_ID, request_id());
     }
-    if !parts.headers.contains_key("x-forwarded-proto") {
+    if !parts.headers.contains_key(X_FORWARDED_PROTO) {
         parts
             .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+            .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
     if hcm.use_remote_address {
-        let xff = match header_value(&parts.headers, "x-forwarded-for") {
+        let xff = match header_value(&parts.headers, X_FORWARDED_FOR) {
             Some(v) => format!("{v},{}", peer.ip()),
             None => peer.ip().to_string(),
         };
         if let Ok(v) = HeaderValue::from_str(&xff) {
-            parts.headers.insert("x-forwarded-for", v);
+            parts.headers.insert(X_FORWARDED_FOR, v);
         }
     }
     let host = parts
@@ -583,8 +743,8 @@ async fn handle(
         start_time,
         duration: Duration::ZERO,
         method: parts.method.to_string(),
-        path: path_and_query.clone(),
-        authority: host.clone(),
+        path: path_and_query,
+        authority: host,
         // Only what the access log sends, and only when there is one.
         request_headers: match &hcm.access_log {
             log if log.is_empty() => Vec::new(),
@@ -624,8 +784,8 @@ async fn handle(
     };
     let response = match table
         .as_deref()
-        .and_then(|t| virtual_host(t, &host))
-        .and_then(|vh| route_for(vh, &path_and_query, &parts.headers))
+        .and_then(|t| virtual_host(t, &entry.authority))
+        .and_then(|vh| route_for(vh, &entry.path, &parts.headers))
     {
         None => {
             shared.stats.no_route.inc();
@@ -852,8 +1012,8 @@ async fn route_request(
         RouteAction::Forward(f) => f,
     };
     let cluster_name = pick_weighted(&forward.clusters);
-    entry.upstream_cluster = cluster_name.clone();
-    let Some(cluster) = config.clusters.get(&cluster_name).cloned() else {
+    entry.upstream_cluster = cluster_name.to_owned();
+    let Some(cluster) = config.clusters.get(cluster_name).cloned() else {
         flag(entry, "NC");
         return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
     };
@@ -870,16 +1030,16 @@ async fn route_request(
     // `te: trailers` is end-to-end in practice: gRPC needs it to reach the server.
     let te_trailers = parts
         .headers
-        .get("te")
+        .get(hyper::header::TE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("trailers"));
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         parts.headers.remove(h);
     }
     if te_trailers {
         parts
             .headers
-            .insert("te", HeaderValue::from_static("trailers"));
+            .insert(hyper::header::TE, HeaderValue::from_static("trailers"));
     }
     route_request_headers(&mut parts.headers, route, forward);
     let path = rewrite(&entry.path, route, forward);
@@ -890,7 +1050,7 @@ async fn route_request(
     }
     let (hash, set_cookie) = request_hash(&forward.hash_policy, &parts, entry.downstream_remote);
     let attempt = forward_with_retries(
-        shared, config, &cluster, forward, &parts, &path, &body, local, hash, entry,
+        shared, config, &cluster, forward, &mut parts, &path, &body, local, hash, entry,
     );
     let mut response = match forward.timeout {
         Some(t) => match tokio::time::timeout(t, attempt).await {
@@ -903,7 +1063,7 @@ async fn route_request(
         },
         None => attempt.await,
     };
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         response.headers_mut().remove(h);
     }
     if let Some(cookie) = set_cookie
@@ -1203,15 +1363,11 @@ fn mirror(
     let Some((addr, _)) = shared.upstreams.pick(config, cluster, local, None) else {
         return;
     };
-    let Ok(uri) = format!("http://{addr}{path}").parse::<hyper::Uri>() else {
-        return;
-    };
     let Ok(client) = shared.upstreams.client(cluster) else {
         return;
     };
     let mut up = Request::new(());
     *up.method_mut() = parts.method.clone();
-    *up.uri_mut() = uri;
     *up.headers_mut() = parts.headers.clone();
     if m.shadow_suffix
         && let Some(host) = parts
@@ -1222,6 +1378,8 @@ fn mirror(
     {
         up.headers_mut().insert(hyper::header::HOST, v);
     }
+    let (mut up, ()) = up.into_parts();
+    let path = path.to_owned();
     let timeout = cluster.connect_timeout + Duration::from_secs(30);
     tokio::spawn(async move {
         // The copy goes once the request body is all here (and only if it was all kept:
@@ -1230,8 +1388,9 @@ fn mirror(
         else {
             return;
         };
-        let up = up.map(|()| Outgoing::whole(data, trailers));
-        if let Ok(Ok(r)) = tokio::time::timeout(timeout, client.request(up)).await {
+        let body = Outgoing::whole(data, trailers);
+        let sent = client.send(addr, &mut up, &path, true, body);
+        if let Ok(Ok(r)) = tokio::time::timeout(timeout, sent).await {
             // Read the answer so the connection can be reused.
             let _ = r.into_body().collect().await;
         }
@@ -1272,23 +1431,23 @@ fn rewrite(path: &str, route: &Route, forward: &Forward) -> String {
 }
 
 /// One cluster of a weighted list, by weight.
-pub fn pick_weighted(clusters: &[(String, u32)]) -> String {
+pub fn pick_weighted(clusters: &[(String, u32)]) -> &str {
     let total: u64 = clusters.iter().map(|(_, w)| u64::from(*w)).sum();
     if clusters.len() == 1 || total == 0 {
-        return clusters.first().map(|(c, _)| c.clone()).unwrap_or_default();
+        return clusters.first().map_or("", |(c, _)| c.as_str());
     }
     let mut n = crate::random_u64() % total;
     for (c, w) in clusters {
         if n < u64::from(*w) {
-            return c.clone();
+            return c;
         }
         n -= u64::from(*w);
     }
-    clusters.last().map(|(c, _)| c.clone()).unwrap_or_default()
+    clusters.last().map_or("", |(c, _)| c.as_str())
 }
 
 enum Attempt {
-    Response(Response<Incoming>),
+    Response(Response<Body>),
     ConnectFailure,
     Reset,
     Timeout,
@@ -1301,7 +1460,7 @@ async fn forward_with_retries(
     config: &Config,
     cluster: &Cluster,
     forward: &Forward,
-    parts: &hyper::http::request::Parts,
+    parts: &mut hyper::http::request::Parts,
     path: &str,
     body: &Replay,
     local: SocketAddr,
@@ -1352,28 +1511,35 @@ async fn forward_with_retries(
                     in_flight = Some(shared.upstreams.track(&cluster.name, addr));
                 }
                 entry.upstream_address = Some(addr);
-                let uri = format!("http://{addr}{path}");
-                match uri.parse::<hyper::Uri>() {
-                    Err(_) => return local_reply(StatusCode::BAD_REQUEST, "bad request"),
-                    Ok(uri) => {
-                        let mut up = Request::new(Outgoing::Stream(body.attempt()));
-                        *up.method_mut() = parts.method.clone();
-                        *up.uri_mut() = uri;
-                        *up.headers_mut() = parts.headers.clone();
-                        shared.stats.upstream_rq.inc();
-                        sent_at = Some(Instant::now());
-                        let sent = client.request(up);
-                        let result = match forward.retry.as_ref().and_then(|r| r.per_try_timeout) {
-                            Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
-                            None => Ok(sent.await),
-                        };
-                        match result {
-                            Err(()) => Attempt::Timeout,
-                            Ok(Ok(r)) => Attempt::Response(r),
-                            Ok(Err(e)) if e.is_connect() => Attempt::ConnectFailure,
-                            Ok(Err(_)) => Attempt::Reset,
+                shared.stats.upstream_rq.inc();
+                sent_at = Some(Instant::now());
+                // The last attempt the policy allows takes the headers; earlier ones send a
+                // copy.
+                let last = tries >= retries;
+                let sent = async {
+                    let first = client
+                        .send(addr, parts, path, last, Outgoing::Stream(body.attempt()))
+                        .await;
+                    match first {
+                        // The request never reached the application: send it again on a
+                        // new connection (not a retry).
+                        Err(SendFailure::Stale) if body.replayable() => {
+                            client
+                                .send(addr, parts, path, last, Outgoing::Stream(body.attempt()))
+                                .await
                         }
+                        other => other,
                     }
+                };
+                let result = match forward.retry.as_ref().and_then(|r| r.per_try_timeout) {
+                    Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
+                    None => Ok(sent.await),
+                };
+                match result {
+                    Err(()) => Attempt::Timeout,
+                    Ok(Ok(r)) => Attempt::Response(r),
+                    Ok(Err(SendFailure::Connect)) => Attempt::ConnectFailure,
+                    Ok(Err(SendFailure::Reset | SendFailure::Stale)) => Attempt::Reset,
                 }
             }
         };
@@ -1448,7 +1614,7 @@ async fn forward_with_retries(
                     let ms = at.elapsed().as_millis() as u64;
                     entry.upstream_service_time = Some(ms);
                     r.headers_mut()
-                        .insert("x-envoy-upstream-service-time", HeaderValue::from(ms));
+                        .insert(X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(ms));
                 }
                 r
             }
@@ -1707,8 +1873,24 @@ mod tests {
         let a = (0..1000).filter(|_| pick_weighted(&list) == "a").count();
         assert!((350..650).contains(&a), "{a}");
         assert_eq!(pick_weighted(&[("only".into(), 0)]), "only");
-        let id = request_id();
-        assert_eq!(id.len(), 36);
-        assert_eq!(id.matches('-').count(), 4);
+        let ids: Vec<String> = (0..100)
+            .map(|_| request_id().to_str().unwrap().to_owned())
+            .collect();
+        for id in &ids {
+            let groups: Vec<&str> = id.split('-').collect();
+            let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+            assert_eq!(lens, [8, 4, 4, 4, 12], "{id}");
+            assert!(
+                id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()),
+                "{id}"
+            );
+            assert!(groups[2].starts_with('4'), "version 4: {id}");
+            assert!(
+                matches!(groups[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
+                "variant 10: {id}"
+            );
+        }
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
     }
 }

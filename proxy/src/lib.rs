@@ -23,6 +23,7 @@ pub mod capture;
 pub mod connect;
 pub mod dns;
 pub mod fuzzing;
+pub mod h1;
 pub mod http;
 pub mod inspect;
 pub mod listen;

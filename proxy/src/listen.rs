@@ -256,7 +256,7 @@ async fn tcp_proxy(
         entry: crate::als::TcpEntry {
             start_time: std::time::SystemTime::now(),
             duration: Duration::ZERO,
-            upstream_cluster: name.clone(),
+            upstream_cluster: name.to_owned(),
             upstream_address: None,
             downstream_remote: peer,
             downstream_local: dst,
@@ -265,7 +265,7 @@ async fn tcp_proxy(
         },
         counts: None,
     };
-    let Some(cluster) = config.clusters.get(&name).cloned() else {
+    let Some(cluster) = config.clusters.get(name).cloned() else {
         tracing::debug!(cluster = %name, "tcp proxy: no such cluster");
         return;
     };

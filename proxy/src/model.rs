@@ -1943,6 +1943,8 @@ pub struct Endpoint {
     pub host: String,
     pub port: u16,
     pub weight: u32,
+    /// `host:port` when the host is an IP address: parsed once here, not per request.
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 pub fn endpoints(cla: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, Refused> {
@@ -1966,6 +1968,11 @@ pub fn endpoints(cla: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, Refused> 
                 _ => return Err(refuse(name, &field, "named ports are not supported")),
             };
             out.push(Endpoint {
+                addr: sa
+                    .address
+                    .parse()
+                    .ok()
+                    .map(|ip| std::net::SocketAddr::new(ip, port)),
                 host: sa.address.clone(),
                 port,
                 weight: lb

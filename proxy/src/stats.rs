@@ -1,6 +1,9 @@
 //! The proxy's own counters, one prometheus-client registry, served on the admin API's
 //! `/stats/prometheus` and on the stats listener (15090), with Envoy-like names.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -34,6 +37,9 @@ pub struct Stats {
     pub ext_authz_denied: Counter,
     pub ext_authz_error: Counter,
     pub responses: Family<ResponseLabels, Counter>,
+    /// `responses`' counters found so far, by cluster and status class (1xx..5xx): a
+    /// response is counted without building its label set.
+    response_counters: Mutex<HashMap<String, [Option<Counter>; 5]>>,
 }
 
 impl Default for Stats {
@@ -128,18 +134,36 @@ impl Default for Stats {
             ext_authz_denied,
             ext_authz_error,
             responses,
+            response_counters: Mutex::default(),
         }
     }
 }
 
 impl Stats {
     pub fn observe_response(&self, status: u16, cluster: &str) {
-        self.responses
+        let class = usize::from(status / 100);
+        let slot = (1..=5).contains(&class).then(|| class - 1);
+        let mut found = self
+            .response_counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slot
+            && let Some(Some(counter)) = found.get(cluster).map(|classes| &classes[slot])
+        {
+            counter.inc();
+            return;
+        }
+        let counter = self
+            .responses
             .get_or_create(&ResponseLabels {
                 envoy_cluster_name: cluster.to_owned(),
                 envoy_response_code_class: format!("{}xx", status / 100),
             })
-            .inc();
+            .clone();
+        counter.inc();
+        if let Some(slot) = slot {
+            found.entry(cluster.to_owned()).or_default()[slot] = Some(counter);
+        }
     }
 
     pub fn encode(&self) -> String {
@@ -160,12 +184,22 @@ mod tests {
         let s = Stats::default();
         s.upstream_overflow.inc();
         s.observe_response(503, "outbound|9080||ratings.default.svc.cluster.local");
+        // Counted again through the counter found the first time.
+        s.observe_response(503, "outbound|9080||ratings.default.svc.cluster.local");
+        s.observe_response(200, "outbound|9080||ratings.default.svc.cluster.local");
         let text = s.encode();
         assert!(
             text.contains("envoy_cluster_upstream_rq_pending_overflow_total 1"),
             "{text}"
         );
         assert!(text.contains("envoy_cluster_outlier_detection_ejections_enforced_total 0"));
-        assert!(text.contains("envoy_response_code_class=\"5xx\""));
+        let count = |class: &str| {
+            text.lines()
+                .find(|l| l.starts_with("envoy_cluster_upstream_rq_xx_total{") && l.contains(class))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(count("\"5xx\"").as_deref(), Some("2"), "{text}");
+        assert_eq!(count("\"2xx\"").as_deref(), Some("1"), "{text}");
     }
 }
