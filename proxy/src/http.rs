@@ -280,22 +280,30 @@ impl Upstreams {
         original_dst: SocketAddr,
         hash: Option<u64>,
     ) -> Option<(SocketAddr, usize)> {
-        // The common case without a list built per request: EDS endpoints, no outlier
-        // detection, round robin or random.
-        if cluster.discovery == Discovery::Eds
-            && cluster.outlier.is_none()
-            && matches!(cluster.balancer, Balancer::RoundRobin | Balancer::Random)
-        {
+        // The common cases without a list built per request: EDS or static endpoints, no
+        // outlier detection, round robin or random.
+        let simple = cluster.outlier.is_none()
+            && matches!(cluster.balancer, Balancer::RoundRobin | Balancer::Random);
+        let draw = |size: usize| match cluster.balancer {
+            Balancer::Random => (crate::random_u64() % size as u64) as usize,
+            _ => self.round_robin(&cluster.name, size),
+        };
+        if simple && cluster.discovery == Discovery::Eds {
             let eps = config.endpoints.get(&cluster.eds_name)?;
             let size = eps.iter().filter(|e| e.addr.is_some()).count();
             if size == 0 {
                 return None;
             }
-            let i = match cluster.balancer {
-                Balancer::Random => (crate::random_u64() % size as u64) as usize,
-                _ => self.round_robin(&cluster.name, size),
-            };
+            let i = draw(size);
             return eps.iter().filter_map(|e| e.addr).nth(i).map(|a| (a, size));
+        }
+        if simple && cluster.discovery == Discovery::Static && !cluster.hosts.is_empty() {
+            // STATIC hosts are addresses; one that is not falls to the general case.
+            let size = cluster.hosts.len();
+            let (host, port) = &cluster.hosts[draw(size)];
+            if let Ok(ip) = host.parse() {
+                return Some((SocketAddr::new(ip, *port), size));
+            }
         }
         let all = self.endpoints(config, cluster, original_dst);
         let size = all.len();
