@@ -81,6 +81,10 @@ enum BenchWhat {
         /// Only these paths (gateway, l7-hop, one-hop, two-hop; their floors run with them).
         #[arg(long, value_delimiter = ',')]
         paths: Vec<String>,
+        /// Skip the HTTP/2 runs (h2c from the load generator on the gateway and two-hop
+        /// paths).
+        #[arg(long)]
+        http1_only: bool,
     },
     /// Pilot at scale: N services x M stub proxies and one Envoy; change to ACK, pilot CPU
     /// and memory (release builds, pilot pinned to one core).
@@ -123,8 +127,13 @@ fn main() -> ExitCode {
         } => bench_proxy::probe_main(addr, &host, timeout_ms),
         Task::Bench { what } => match what {
             BenchWhat::Samples { requests } => bench::samples(&workspace_root(), requests),
-            BenchWhat::Proxy { quick, only, paths } => {
-                let selection = bench_proxy::Selection::new(only, paths);
+            BenchWhat::Proxy {
+                quick,
+                only,
+                paths,
+                http1_only,
+            } => {
+                let selection = bench_proxy::Selection::new(only, paths, !http1_only);
                 selection.and_then(|selection| {
                     ensure_debian_packages(&[("nginx", "nginx"), ("haproxy", "haproxy")])
                         .and_then(|()| ensure_envoy(&workspace_root()))
