@@ -1,7 +1,8 @@
 //! `cargo xtask bench proxy [--quick]`: keel-proxy against Envoy, side by side, fed by the
 //! same pilot with the same configuration (performance.md).
 //!
-//! Paths, plaintext HTTP/1.1, 1 KiB answers:
+//! Paths, plaintext, 1 KiB answers; HTTP/1.1, and on the gateway and two-hop paths also
+//! h2c from the load generator to the first proxy (keel-proxy's `h2_load` example):
 //! - `direct`: load generator -> backend on loopback (the floor of `gateway`);
 //! - `gateway`: load generator -> proxy as an ingress gateway -> backend, with nginx and
 //!   HAProxy (Debian's) as plain L7 hops on the same path for reference (`l7-hop`; one
@@ -13,8 +14,8 @@
 //! - `two-hop`: client sidecar -> server sidecar, both capturing (Istio's `both`). CPU and
 //!   memory of this path are the two sidecars' sum.
 //!
-//! Not measured yet, and the report says so: mTLS (no citadel), HTTP/2, policy checks and
-//! telemetry (pilot runs without mixer, so sidecars carry no mixer filter).
+//! Not measured yet, and the report says so: mTLS (no citadel), policy checks and telemetry
+//! (pilot runs without mixer, so sidecars carry no mixer filter).
 //!
 //! Method: release builds; galley and pilot started here with a ServiceEntry, a Gateway +
 //! VirtualService, and a Kubernetes Service with its pods for the sidecars; each proxy starts
