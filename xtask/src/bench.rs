@@ -77,14 +77,24 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)].as_secs_f64() * 1e6
 }
 
-pub fn samples(root: &Path, n: usize) -> Result<()> {
-    let status = Command::new("cargo")
-        .args(["build", "--release", "--quiet", "-p", "keel-samples"])
+/// `cargo build --release --quiet ARGS` in `root`: the benchmarks measure release builds.
+/// `what` names what failed to build.
+pub fn release_build(root: &Path, args: &[&str], what: &str) -> Result<()> {
+    let ok = Command::new("cargo")
+        .args(["build", "--release", "--quiet"])
+        .args(args)
         .current_dir(root)
-        .status()?;
-    if !status.success() {
-        bail!("building keel-samples failed");
+        .status()
+        .context("running cargo build")?
+        .success();
+    if !ok {
+        bail!("building {what} failed");
     }
+    Ok(())
+}
+
+pub fn samples(root: &Path, n: usize) -> Result<()> {
+    release_build(root, &["-p", "keel-samples"], "keel-samples")?;
     let bin = |name: &str| root.join("target/release").join(name);
     let _ratings = start(&bin("bookinfo-ratings"), 19181, &[])?;
     let _details = start(&bin("bookinfo-details"), 19183, &[])?;

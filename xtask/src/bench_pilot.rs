@@ -432,11 +432,9 @@ pub fn parse_size(s: &str) -> Result<(usize, usize), String> {
 
 pub fn pilot(root: &Path, envoy: &Path, quick: bool, only: Option<(usize, usize)>) -> Result<()> {
     eprintln!("xtask: building release binaries (keel-pilot, keel-galley, the stub proxies)");
-    let ok = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "--quiet",
+    crate::bench::release_build(
+        root,
+        &[
             "-p",
             "keel-pilot",
             "-p",
@@ -447,13 +445,9 @@ pub fn pilot(root: &Path, envoy: &Path, quick: bool, only: Option<(usize, usize)
             "keel-galley",
             "--example",
             "ads_stubs",
-        ])
-        .current_dir(root)
-        .status()?
-        .success();
-    if !ok {
-        bail!("the release build failed");
-    }
+        ],
+        "the release binaries",
+    )?;
     let keelctl = if root.join("target/release/keelctl").exists() {
         root.join("target/release/keelctl")
     } else {

@@ -864,11 +864,9 @@ fn sbin(name: &str) -> Option<PathBuf> {
 
 pub fn proxy(root: &Path, envoy: &Path, quick: bool, selection: &Selection) -> Result<()> {
     eprintln!("xtask: building release binaries (keel-proxy, keel-pilot, keel-galley)");
-    let ok = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "--quiet",
+    crate::bench::release_build(
+        root,
+        &[
             "-p",
             "keel-proxy",
             "-p",
@@ -877,29 +875,14 @@ pub fn proxy(root: &Path, envoy: &Path, quick: bool, selection: &Selection) -> R
             "keel-galley",
             "-p",
             "xtask",
-        ])
-        .current_dir(root)
-        .status()?
-        .success();
-    if !ok {
-        bail!("the release build failed");
-    }
-    let ok = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "keel-proxy",
-            "--example",
-            "h2_load",
-        ])
-        .current_dir(root)
-        .status()?
-        .success();
-    if !ok {
-        bail!("building the HTTP/2 load generator (keel-proxy's h2_load example) failed");
-    }
+        ],
+        "the release binaries",
+    )?;
+    crate::bench::release_build(
+        root,
+        &["-p", "keel-proxy", "--example", "h2_load"],
+        "the HTTP/2 load generator (keel-proxy's h2_load example)",
+    )?;
     let release = root.join("target/release");
     let xtask = release.join("xtask");
     let tools = Tools {
