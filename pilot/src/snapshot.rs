@@ -92,14 +92,28 @@ impl Mesh {
 
     /// Reuses `previous`'s resources wherever this configuration produces the same ones.
     pub fn reusing(self, previous: &Mesh) -> Mesh {
+        // A configuration no proxy was computed from (replaced within the debounce) built
+        // no parts: pass on what it would have reused, or every resource after it would
+        // be new to every proxy's stream.
+        let inherited = previous.previous.lock().unwrap_or_else(|p| p.into_inner());
+        let routes = previous
+            .sidecar_routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let reuse = Reuse {
-            shared: previous.shared.get().cloned(),
-            routes: previous
-                .sidecar_routes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            shared: previous
+                .shared
+                .get()
+                .cloned()
+                .or_else(|| inherited.shared.clone()),
+            routes: if routes.is_empty() {
+                inherited.routes.clone()
+            } else {
+                routes
+            },
         };
+        drop(inherited);
         *self.previous.lock().unwrap_or_else(|p| p.into_inner()) = reuse;
         self
     }

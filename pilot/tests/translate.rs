@@ -787,3 +787,31 @@ fn a_new_configuration_keeps_unchanged_resources_shared() {
         &fresh.types[CLUSTER_TYPE].resources[reviews]
     ));
 }
+
+/// A configuration replaced before any proxy was computed from it (within the debounce)
+/// passes on what it would have reused: the one after it still shares unchanged resources
+/// with what proxies hold.
+#[test]
+fn a_skipped_configuration_does_not_break_reuse() {
+    let held = bookinfo(&[]);
+    let first = proxy_snapshot(&held, &sidecar());
+    let entry = |name: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{name}.example.com]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  location: MESH_EXTERNAL\n  endpoints: [{{address: 192.0.2.7}}]\n"
+        )
+    };
+    let (a, b) = (entry("a"), entry("b"));
+    let skipped = bookinfo(&[&a]).reusing(&held);
+    let next = bookinfo(&[&a, &b]).reusing(&skipped);
+    let second = proxy_snapshot(&next, &sidecar());
+    let reviews = "outbound|9080|v1|reviews.default.svc.cluster.local";
+    assert!(Arc::ptr_eq(
+        &first.types[CLUSTER_TYPE].resources[reviews],
+        &second.types[CLUSTER_TYPE].resources[reviews]
+    ));
+    assert!(
+        second.types[CLUSTER_TYPE]
+            .resources
+            .contains_key("outbound|80||b.example.com")
+    );
+}

@@ -278,7 +278,10 @@ impl StreamState {
         let current = snap.get(type_url);
         let version = current.map(|t| t.version.clone()).unwrap_or_default();
         let is_parent = DEPENDENTS.iter().any(|(parent, _)| *parent == type_url);
-        let mut resources = Vec::new();
+        let mut resources = Vec::with_capacity(match scope {
+            Scope::All => current.map_or(0, |t| t.resources.len()),
+            Scope::Changed => 0,
+        });
         let mut changed = BTreeSet::new();
         // Both maps are sorted by name: walk them together. Servers that keep unchanged
         // resources' `Arc`s across snapshots (pilot does) make each comparison a pointer's.
@@ -312,6 +315,9 @@ impl StreamState {
                 continue;
             }
             // The same `Arc` is the same resource, name included: no names to compare.
+            // Otherwise the held resource of the same name is consumed here too, so one
+            // resource rebuilt equal (a proxy's own) does not send every name after it
+            // down this slower path.
             let unchanged = same_set
                 || held_iter
                     .next_if(|(_, old)| Arc::ptr_eq(old, any))
@@ -319,8 +325,8 @@ impl StreamState {
                 || {
                     while held_iter.next_if(|(held, _)| *held < name).is_some() {}
                     held_iter
-                        .peek()
-                        .is_some_and(|(held, old)| *held == name && ***old == **any)
+                        .next_if(|(held, _)| *held == name)
+                        .is_some_and(|(_, old)| **old == **any)
                 };
             if !unchanged && is_parent {
                 changed.insert(name.to_string());
@@ -875,6 +881,51 @@ mod tests {
         assert_eq!(again.resources.len(), 1);
         assert_eq!(again.resources[0].value, b"ea");
         assert!(st.on_request(&mk(EDS, &again.nonce), &snap2).1.is_none());
+    }
+
+    #[test]
+    fn a_resource_rebuilt_equal_is_unchanged_and_so_are_those_after_it() {
+        const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+        const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+        let v1 = typed("1", &[("a", "a"), ("b", "b"), ("c", "c1"), ("d", "d")]);
+        // "a" comes again in a new allocation (a proxy's own cluster, rebuilt); "b" and
+        // "d" keep their `Arc`s; only "c" changes.
+        let mut t2 = (*v1).clone();
+        t2.version = "2".into();
+        t2.resources.insert("a".into(), Arc::new((*v1.resources["a"]).clone()));
+        t2.resources.insert(
+            "c".into(),
+            Arc::new(Any {
+                type_url: String::new(),
+                value: b"c2".to_vec(),
+            }),
+        );
+        let snap_of = |c: Arc<TypeResources>| XdsSnapshot {
+            types: [
+                (CDS.to_owned(), c),
+                (EDS.to_owned(), typed("1", &[("a", ""), ("b", ""), ("c", ""), ("d", "")])),
+            ]
+            .into(),
+        };
+        let (s1, s2) = (snap_of(v1), snap_of(Arc::new(t2)));
+        let mut st = StreamState::default();
+        let sub = |t: &str, nonce: &str| DiscoveryRequest {
+            type_url: t.into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        };
+        st.on_request(&sub(CDS, ""), &s1);
+        let e1 = st.on_request(&sub(EDS, ""), &s1).1.unwrap();
+        let pushed = st.on_snapshot(&s2);
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(pushed[0].resources.len(), 4, "cluster responses are complete");
+        // The endpoints re-sent for warming are the changed cluster's alone.
+        let warming = st.on_request(&sub(EDS, &e1.nonce), &s2).1.unwrap();
+        assert_eq!(warming.resources.len(), 1);
+        assert!(Arc::ptr_eq(
+            &warming.resources[0],
+            &s2.types[EDS].resources["c"]
+        ));
     }
 
     #[test]
