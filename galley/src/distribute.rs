@@ -35,10 +35,7 @@ pub fn to_xds_reusing(snap: &Snapshot, previous: Option<(&Snapshot, &XdsSnapshot
     for info in KINDS {
         let type_url = info.kind.type_url();
         let before = previous.and_then(|(s, x)| Some((s, x.get(&type_url)?)));
-        let mut t = TypeResources {
-            version: version.clone(),
-            ..Default::default()
-        };
+        let mut t = TypeResources::new(version.clone());
         for (key, r) in snap.of_kind(info.kind) {
             let name = if key.namespace.is_empty() {
                 key.name.clone()
@@ -48,7 +45,7 @@ pub fn to_xds_reusing(snap: &Snapshot, previous: Option<(&Snapshot, &XdsSnapshot
             let kept = before.and_then(|(s, x)| {
                 s.get(key)
                     .filter(|old| Arc::ptr_eq(old, r))
-                    .and_then(|_| x.resources.get(name.as_str()).cloned())
+                    .and_then(|_| x.get(name.as_str()).cloned())
             });
             let any = kept.unwrap_or_else(|| {
                 Arc::new(Any {
@@ -56,7 +53,7 @@ pub fn to_xds_reusing(snap: &Snapshot, previous: Option<(&Snapshot, &XdsSnapshot
                     value: serde_json::to_vec(&r.to_value()).unwrap_or_default(),
                 })
             });
-            t.resources.insert(name.into(), any);
+            t.insert(name.into(), any);
         }
         out.types.insert(type_url, Arc::new(t));
     }
@@ -165,7 +162,7 @@ mod tests {
         let s2 = snap(2, &[&a, &b2]);
         let x2 = to_xds_reusing(&s2, Some((&s1, &x1)));
         let t = keel_config::Kind::ServiceEntry.type_url();
-        let (r1, r2) = (&x1.types[&t].resources, &x2.types[&t].resources);
+        let (r1, r2) = (&x1.types[&t], &x2.types[&t]);
         assert!(Arc::ptr_eq(&r1["default/a"], &r2["default/a"]));
         assert!(!Arc::ptr_eq(&r1["default/b"], &r2["default/b"]));
         assert_eq!(x2.types[&t].version, "2");

@@ -12,7 +12,7 @@ use keel_config::load::qualify_host;
 use keel_config::networking::{DestinationRule, Gateway};
 use keel_config::store::Snapshot;
 use keel_config::{Kind, Spec};
-use keel_xds::{Any, TypeResources, XdsSnapshot};
+use keel_xds::{Any, ResourceMap, TypeResources, XdsSnapshot};
 
 use crate::proxy::{Proxy, ProxyKind};
 use crate::registry::{Registry, ServiceRegistry};
@@ -66,10 +66,10 @@ type RoutesKey = (String, BTreeMap<String, String>);
 #[derive(Debug)]
 struct SharedParts {
     /// Every service's outbound clusters, encoded, and a hash of them all.
-    outbound_clusters: BTreeMap<Arc<str>, Arc<Any>>,
+    outbound_clusters: Arc<ResourceMap>,
     outbound_hash: u64,
     /// Every sidecar's outbound listeners, encoded, and their hash.
-    outbound_listeners: BTreeMap<Arc<str>, Arc<Any>>,
+    outbound_listeners: Arc<ResourceMap>,
     outbound_listeners_hash: u64,
     /// Every service's endpoints (the same resources for every proxy).
     endpoints: Arc<TypeResources>,
@@ -309,9 +309,9 @@ pub fn mesh_config(text: &str) -> Result<MeshConfig, String> {
 /// them all.
 fn encode_shared<M: prost::Message + prost::Name>(
     items: impl Iterator<Item = (String, M)>,
-    before: Option<&BTreeMap<Arc<str>, Arc<Any>>>,
-) -> (BTreeMap<Arc<str>, Arc<Any>>, u64) {
-    let mut out: BTreeMap<Arc<str>, Arc<Any>> = BTreeMap::new();
+    before: Option<&Arc<ResourceMap>>,
+) -> (Arc<ResourceMap>, u64) {
+    let mut out = ResourceMap::new();
     for (name, m) in items {
         let old = before.and_then(|b| b.get(name.as_str()));
         out.insert(name.into(), reuse_or_new(old, any(&m)));
@@ -321,7 +321,14 @@ fn encode_shared<M: prost::Message + prost::Name>(
         name.hash(&mut h);
         a.value.hash(&mut h);
     }
-    (out, h.finish())
+    // Nothing changed: the same layer, so streams see one pointer unchanged.
+    if let Some(b) = before
+        && b.len() == out.len()
+        && b.values().zip(out.values()).all(|(x, y)| Arc::ptr_eq(x, y))
+    {
+        return (b.clone(), h.finish());
+    }
+    (Arc::new(out), h.finish())
 }
 
 /// `old` when it holds the same resource, else a new one.
@@ -342,13 +349,10 @@ fn reuse_resources(
     if old.version == new.version {
         return old.clone();
     }
-    let mut t = (*new).clone();
-    for (name, any) in t.resources.iter_mut() {
-        if let Some(o) = old.resources.get(name)
-            && **o == **any
-        {
-            *any = o.clone();
-        }
+    let mut t = TypeResources::new(new.version.clone());
+    for (name, any) in new.iter() {
+        let kept = old.get(name).filter(|o| ***o == **any).unwrap_or(any);
+        t.insert(name.clone(), kept.clone());
     }
     Arc::new(t)
 }
@@ -360,7 +364,7 @@ fn resources<M: prost::Message + prost::Name>(items: Vec<(String, M)>) -> Arc<Ty
         let a: Any = any(&m);
         name.hash(&mut h);
         a.value.hash(&mut h);
-        t.resources.insert(name.into(), Arc::new(a));
+        t.insert(name.into(), Arc::new(a));
     }
     t.version = format!("{:016x}", h.finish());
     Arc::new(t)
@@ -369,21 +373,19 @@ fn resources<M: prost::Message + prost::Name>(items: Vec<(String, M)>) -> Arc<Ty
 /// The shared resources (already encoded) plus the proxy's own, versioned by the shared
 /// part's hash and the proxy's own resources.
 fn with_shared<M: prost::Message + prost::Name>(
-    shared: &BTreeMap<Arc<str>, Arc<Any>>,
+    shared: &Arc<ResourceMap>,
     shared_hash: u64,
     own: Vec<(String, M)>,
 ) -> TypeResources {
-    let mut t = TypeResources {
-        resources: shared.clone(),
-        ..Default::default()
-    };
+    // The shared resources are a layer every proxy's snapshot points to, not a copy.
+    let mut t = TypeResources::layered(String::new(), shared.clone());
     let mut h = std::collections::hash_map::DefaultHasher::new();
     shared_hash.hash(&mut h);
     for (name, m) in own {
         let a: Any = any(&m);
         name.hash(&mut h);
         a.value.hash(&mut h);
-        t.resources.insert(name.into(), Arc::new(a));
+        t.insert(name.into(), Arc::new(a));
     }
     t.version = format!("{:016x}", h.finish());
     t

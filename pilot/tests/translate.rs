@@ -76,10 +76,13 @@ fn bookinfo(extra: &[&str]) -> Mesh {
 }
 
 fn decode<M: Message + Default>(snap: &keel_xds::XdsSnapshot, type_url: &str, name: &str) -> M {
-    let any = snap.types[type_url].resources.get(name).unwrap_or_else(|| {
+    let any = snap.types[type_url].get(name).unwrap_or_else(|| {
         panic!(
             "no {type_url} named {name}: {:?}",
-            snap.types[type_url].resources.keys().collect::<Vec<_>>()
+            snap.types[type_url]
+                .iter()
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
         )
     });
     M::decode(any.value.as_slice()).unwrap()
@@ -108,8 +111,8 @@ fn sidecar_clusters_endpoints_and_listeners() {
     let mesh = bookinfo(&[]);
     let snap = proxy_snapshot(&mesh, &sidecar());
     let names: Vec<&str> = snap.types[CLUSTER_TYPE]
-        .resources
-        .keys()
+        .iter()
+        .map(|(k, _)| k)
         .map(|k| &**k)
         .collect();
     for want in [
@@ -460,11 +463,7 @@ fn telemetry_sends_access_logs_to_mixer_named_by_reporter() {
     let plain = bookinfo(&[]);
     let snap = proxy_snapshot(&plain, &sidecar());
     assert!(access_log_names(&decode(&snap, LISTENER_TYPE, "0.0.0.0_9080")).is_empty());
-    assert!(
-        !snap.types[CLUSTER_TYPE]
-            .resources
-            .contains_key("mixer_telemetry")
-    );
+    assert!(!snap.types[CLUSTER_TYPE].contains("mixer_telemetry"));
 
     let mesh = bookinfo(&[]).with_telemetry(Some(("istio-telemetry.istio-system".into(), 9091)));
     let snap = proxy_snapshot(&mesh, &sidecar());
@@ -522,11 +521,7 @@ fn policy_checks_every_inbound_request_naming_the_service() {
         !names(&decode(&snap, LISTENER_TYPE, "10.0.0.3_9080"))
             .contains(&"envoy.filters.http.ext_authz".to_owned())
     );
-    assert!(
-        !snap.types[CLUSTER_TYPE]
-            .resources
-            .contains_key("mixer_policy")
-    );
+    assert!(!snap.types[CLUSTER_TYPE].contains("mixer_policy"));
 
     let mesh = bookinfo(&[]).with_policy(Some(("istio-policy.istio-system".into(), 9091)));
     let snap = proxy_snapshot(&mesh, &sidecar());
@@ -583,9 +578,7 @@ fn policy_checks_every_inbound_request_naming_the_service() {
 fn the_mesh_config_map_turns_policy_checks_off_and_on() {
     let has_authz = |mesh: &Mesh| {
         let snap = proxy_snapshot(mesh, &sidecar());
-        snap.types[CLUSTER_TYPE]
-            .resources
-            .contains_key("mixer_policy")
+        snap.types[CLUSTER_TYPE].contains("mixer_policy")
     };
     let cm = |mesh: &str| {
         format!(
@@ -625,8 +618,8 @@ fn the_mesh_config_map_turns_policy_checks_off_and_on() {
     // The access log is nested in each connection manager's encoded config.
     let needle = b"envoy.extensions.access_loggers.file.v3.FileAccessLog";
     let with_file_log = snap.types[LISTENER_TYPE]
-        .resources
-        .values()
+        .iter()
+        .map(|(_, v)| v)
         .filter(|l| l.value.windows(needle.len()).any(|w| w == needle))
         .count();
     assert!(with_file_log > 0, "no file access log in the listeners");
@@ -670,11 +663,7 @@ fn https_gateway_servers_terminate_tls_with_their_certificate_files() {
         "/etc/istio/ingressgateway-certs/tls.key"
     );
     // PASSTHROUGH with no tls route bound: nothing to forward, so no listener.
-    assert!(
-        !snap.types[LISTENER_TYPE]
-            .resources
-            .contains_key("0.0.0.0_8443"),
-    );
+    assert!(!snap.types[LISTENER_TYPE].contains("0.0.0.0_8443"),);
     let _: RouteConfiguration = decode(&snap, ROUTE_TYPE, "http.443");
 }
 
@@ -758,10 +747,7 @@ fn a_new_configuration_keeps_unchanged_resources_shared() {
     let after = bookinfo(&[entry]).reusing(&before);
     let second = proxy_snapshot(&after, &sidecar());
     let same = |type_url: &str, name: &str| {
-        Arc::ptr_eq(
-            &first.types[type_url].resources[name],
-            &second.types[type_url].resources[name],
-        )
+        Arc::ptr_eq(&first.types[type_url][name], &second.types[type_url][name])
     };
     let reviews = "outbound|9080|v1|reviews.default.svc.cluster.local";
     assert!(
@@ -774,8 +760,8 @@ fn a_new_configuration_keeps_unchanged_resources_shared() {
     ));
     assert!(same(LISTENER_TYPE, "0.0.0.0_9080"));
     let new = "outbound|80||ext.example.com";
-    assert!(second.types[CLUSTER_TYPE].resources.contains_key(new));
-    assert!(!first.types[CLUSTER_TYPE].resources.contains_key(new));
+    assert!(second.types[CLUSTER_TYPE].contains(new));
+    assert!(!first.types[CLUSTER_TYPE].contains(new));
     assert_ne!(
         first.types[CLUSTER_TYPE].version,
         second.types[CLUSTER_TYPE].version
@@ -783,8 +769,8 @@ fn a_new_configuration_keeps_unchanged_resources_shared() {
     // Without reuse the same content comes in new allocations.
     let fresh = proxy_snapshot(&bookinfo(&[entry]), &sidecar());
     assert!(!Arc::ptr_eq(
-        &first.types[CLUSTER_TYPE].resources[reviews],
-        &fresh.types[CLUSTER_TYPE].resources[reviews]
+        &first.types[CLUSTER_TYPE][reviews],
+        &fresh.types[CLUSTER_TYPE][reviews]
     ));
 }
 
@@ -806,12 +792,8 @@ fn a_skipped_configuration_does_not_break_reuse() {
     let second = proxy_snapshot(&next, &sidecar());
     let reviews = "outbound|9080|v1|reviews.default.svc.cluster.local";
     assert!(Arc::ptr_eq(
-        &first.types[CLUSTER_TYPE].resources[reviews],
-        &second.types[CLUSTER_TYPE].resources[reviews]
+        &first.types[CLUSTER_TYPE][reviews],
+        &second.types[CLUSTER_TYPE][reviews]
     ));
-    assert!(
-        second.types[CLUSTER_TYPE]
-            .resources
-            .contains_key("outbound|80||b.example.com")
-    );
+    assert!(second.types[CLUSTER_TYPE].contains("outbound|80||b.example.com"));
 }

@@ -90,7 +90,7 @@ fn seeds() -> Vec<(u8, Vec<u8>)> {
     ] {
         let snap = proxy_snapshot(&mesh, &Proxy::parse(node).unwrap());
         for (i, t) in types.iter().enumerate() {
-            for any in snap.types[*t].resources.values() {
+            for any in snap.types[*t].iter().map(|(_, a)| a) {
                 // The seed itself converts: mutations start from something valid.
                 model::validate(t, std::slice::from_ref(any)).unwrap();
                 out.push((i as u8, any.value.clone()));

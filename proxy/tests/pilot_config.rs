@@ -71,7 +71,7 @@ fn convert(mesh: &Mesh, node: &str) -> Result<Config, String> {
     let snap = proxy_snapshot(mesh, &Proxy::parse(node).unwrap());
     let mut config = Config::default();
     for (type_url, res) in &snap.types {
-        let anys: Vec<_> = res.resources.values().map(|a| (**a).clone()).collect();
+        let anys: Vec<_> = res.iter().map(|(_, a)| (**a).clone()).collect();
         model::validate(type_url, &anys)?;
         for any in &anys {
             model::convert_into(&mut config, type_url, any).map_err(|e| e.to_string())?;

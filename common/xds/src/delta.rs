@@ -135,8 +135,7 @@ impl DeltaState {
         let current: BTreeMap<&str, &Any> = snap
             .get(type_url)
             .map(|t| {
-                t.resources
-                    .iter()
+                t.iter()
                     .filter(|(n, _)| wanted(n))
                     .map(|(n, a)| (&**n, &**a))
                     .collect()
@@ -221,12 +220,9 @@ mod tests {
     const T: &str = "example.com/Thing";
 
     fn snap(items: &[(&str, &str)]) -> XdsSnapshot {
-        let mut t = TypeResources {
-            version: "v".into(),
-            ..Default::default()
-        };
+        let mut t = TypeResources::new("v");
         for (n, body) in items {
-            t.resources.insert(
+            t.insert(
                 (*n).into(),
                 Arc::new(Any {
                     type_url: T.into(),
@@ -270,7 +266,7 @@ mod tests {
     fn a_reconnecting_client_gets_only_what_it_lacks() {
         let mut st = DeltaState::default();
         let s = snap(&[("a", "1"), ("b", "1")]);
-        let a = &s.types[T].resources["a"];
+        let a = &s.types[T]["a"];
         let mut r = req("");
         r.initial_resource_versions
             .insert("a".into(), resource_version(a));
@@ -293,7 +289,7 @@ mod tests {
                     .types
                     .entry((*t).to_owned())
                     .or_insert_with(|| Arc::new(TypeResources::default()));
-                Arc::make_mut(e).resources.insert(
+                Arc::make_mut(e).insert(
                     (*n).into(),
                     Arc::new(Any {
                         type_url: (*t).into(),

@@ -27,4 +27,4 @@ pub mod wire;
 pub use envoy_types::pb::envoy::config::core::v3::Node;
 pub use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 pub use envoy_types::pb::google::protobuf::Any;
-pub use snapshot::{TypeResources, XdsSnapshot};
+pub use snapshot::{ResourceMap, TypeResources, XdsSnapshot};

@@ -279,7 +279,7 @@ impl StreamState {
         let version = current.map(|t| t.version.clone()).unwrap_or_default();
         let is_parent = DEPENDENTS.iter().any(|(parent, _)| *parent == type_url);
         let mut resources = Vec::with_capacity(match scope {
-            Scope::All => current.map_or(0, |t| t.resources.len()),
+            Scope::All => current.map_or(0, |t| t.len()),
             Scope::Changed => 0,
         });
         let mut changed = BTreeSet::new();
@@ -305,12 +305,12 @@ impl StreamState {
         let mut held_iter = sub
             .sent_from
             .as_ref()
-            .map(|t| t.resources.iter())
+            .map(|t| t.iter())
             .into_iter()
             .flatten()
             .peekable();
         let walk = if cached.is_some() { None } else { current };
-        for (name, any) in walk.iter().flat_map(|t| t.resources.iter()) {
+        for (name, any) in walk.iter().flat_map(|t| t.iter()) {
             if sub.names.as_ref().is_some_and(|n| !n.contains(&**name)) {
                 continue;
             }
@@ -352,7 +352,7 @@ impl StreamState {
                 if sub.names.as_ref().is_some_and(|n| !n.contains(name)) {
                     continue;
                 }
-                if let Some(any) = current.resources.get(name.as_str())
+                if let Some(any) = current.get(name.as_str())
                     && !resources[..changed_count]
                         .iter()
                         .any(|r| Arc::ptr_eq(r, any))
@@ -751,12 +751,9 @@ mod tests {
     const T: &str = "example.com/Thing";
 
     fn snap(version: &str, names: &[&str]) -> XdsSnapshot {
-        let mut t = TypeResources {
-            version: version.into(),
-            ..Default::default()
-        };
+        let mut t = TypeResources::new(version);
         for n in names {
-            t.resources.insert(
+            t.insert(
                 (*n).into(),
                 Arc::new(Any {
                     type_url: T.into(),
@@ -771,12 +768,9 @@ mod tests {
 
     /// Resources of one type: (name, value) pairs at `version`.
     fn typed(version: &str, items: &[(&str, &str)]) -> Arc<TypeResources> {
-        let mut t = TypeResources {
-            version: version.into(),
-            ..Default::default()
-        };
+        let mut t = TypeResources::new(version);
         for (name, value) in items {
-            t.resources.insert(
+            t.insert(
                 (*name).into(),
                 Arc::new(Any {
                     type_url: String::new(),
@@ -892,8 +886,8 @@ mod tests {
         // "d" keep their `Arc`s; only "c" changes.
         let mut t2 = (*v1).clone();
         t2.version = "2".into();
-        t2.resources.insert("a".into(), Arc::new((*v1.resources["a"]).clone()));
-        t2.resources.insert(
+        t2.insert("a".into(), Arc::new((*v1["a"]).clone()));
+        t2.insert(
             "c".into(),
             Arc::new(Any {
                 type_url: String::new(),
@@ -903,7 +897,10 @@ mod tests {
         let snap_of = |c: Arc<TypeResources>| XdsSnapshot {
             types: [
                 (CDS.to_owned(), c),
-                (EDS.to_owned(), typed("1", &[("a", ""), ("b", ""), ("c", ""), ("d", "")])),
+                (
+                    EDS.to_owned(),
+                    typed("1", &[("a", ""), ("b", ""), ("c", ""), ("d", "")]),
+                ),
             ]
             .into(),
         };
@@ -918,14 +915,15 @@ mod tests {
         let e1 = st.on_request(&sub(EDS, ""), &s1).1.unwrap();
         let pushed = st.on_snapshot(&s2);
         assert_eq!(pushed.len(), 1);
-        assert_eq!(pushed[0].resources.len(), 4, "cluster responses are complete");
+        assert_eq!(
+            pushed[0].resources.len(),
+            4,
+            "cluster responses are complete"
+        );
         // The endpoints re-sent for warming are the changed cluster's alone.
         let warming = st.on_request(&sub(EDS, &e1.nonce), &s2).1.unwrap();
         assert_eq!(warming.resources.len(), 1);
-        assert!(Arc::ptr_eq(
-            &warming.resources[0],
-            &s2.types[EDS].resources["c"]
-        ));
+        assert!(Arc::ptr_eq(&warming.resources[0], &s2.types[EDS]["c"]));
     }
 
     #[test]

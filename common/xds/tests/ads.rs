@@ -18,12 +18,9 @@ const B: &str = "example.com/v1/B";
 fn snapshot(version: &str, a: &[&str], b: &[&str]) -> Arc<XdsSnapshot> {
     let mut snap = XdsSnapshot::default();
     for (t, names) in [(A, a), (B, b)] {
-        let mut tr = TypeResources {
-            version: version.to_owned(),
-            ..Default::default()
-        };
+        let mut tr = TypeResources::new(version.to_owned());
         for n in names {
-            tr.resources.insert(
+            tr.insert(
                 (*n).into(),
                 Arc::new(Any {
                     type_url: t.to_owned(),
