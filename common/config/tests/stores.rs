@@ -169,6 +169,48 @@ fn directory_notices_added_edited_and_deleted_files() {
     assert!(store.snapshot().get(&key("ratings")).is_none());
 }
 
+/// Rescans skip reading files whose metadata is unchanged once they have settled; an
+/// edit of the same size still shows (its timestamps move), as do a rewrite through a new
+/// inode and an edit that puts the old modification time back (the change time moves).
+#[test]
+fn directory_rescans_of_settled_files_still_see_every_edit() {
+    let tmp = TempDir::new("settled");
+    let path = tmp.0.join("reviews.yaml");
+    std::fs::write(&path, vs("reviews", "v1")).unwrap();
+    // Past the store's settling time, so its metadata is trusted after the first read.
+    std::thread::sleep(Duration::from_millis(3100));
+    let store = DirectoryStore::open(&tmp.0, "default").unwrap();
+    assert!(!store.refresh(), "nothing changed");
+    let subset = |s: &DirectoryStore| subset_of(s.snapshot().get(&key("reviews")).unwrap());
+    assert_eq!(subset(&store), "v1");
+
+    // Same length, in place.
+    std::fs::write(&path, vs("reviews", "v2")).unwrap();
+    assert!(store.refresh());
+    assert_eq!(subset(&store), "v2");
+
+    // Same length, modification time put back to what it was.
+    let old = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(3100));
+    assert!(!store.refresh());
+    std::fs::write(&path, vs("reviews", "v3")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    assert!(store.refresh());
+    assert_eq!(subset(&store), "v3");
+
+    // Renamed over from a temporary file.
+    let tmp_file = tmp.0.join(".reviews.yaml.tmp");
+    std::fs::write(&tmp_file, vs("reviews", "v4")).unwrap();
+    std::fs::rename(&tmp_file, &path).unwrap();
+    assert!(store.refresh());
+    assert_eq!(subset(&store), "v4");
+}
+
 #[test]
 fn directory_keeps_the_last_good_version_of_an_invalid_file() {
     let tmp = TempDir::new("invalid");

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
@@ -39,8 +39,53 @@ struct FileEntry {
     fingerprint: u64,
     /// A changed content seen once by a settling rescan, not yet taken.
     unsettled: Option<u64>,
+    /// The file's metadata when the content in force was read, kept only when that content
+    /// was already old then (see [`FileStat::settled_before`]): while the metadata stays the
+    /// same, rescans need not read the file.
+    clean_stat: Option<FileStat>,
     good: Vec<Resource>,
+    /// What each of `good` was last published as (`None`: not yet, or lost to another
+    /// file): an unchanged file's resources are taken as they were, not compared again.
+    published: Vec<Option<Arc<Resource>>>,
     errors: Vec<Diagnostic>,
+}
+
+/// The parts of a file's metadata that change when its content does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStat {
+    len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+    inode: (u64, u64),
+}
+
+/// How long a file must have gone unmodified before its metadata is trusted to show the
+/// next change: more than the coarsest timestamp granularity of common filesystems (FAT's
+/// two seconds), so a write landing in the same tick as an earlier read still shows.
+const SETTLED: Duration = Duration::from_secs(3);
+
+impl FileStat {
+    fn of(path: &Path) -> Option<FileStat> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStat {
+            len: m.len(),
+            modified: (m.mtime(), m.mtime_nsec()),
+            changed: (m.ctime(), m.ctime_nsec()),
+            inode: (m.dev(), m.ino()),
+        })
+    }
+
+    /// Whether the file had not been modified for [`SETTLED`] at `read_at` (git's
+    /// racy-clean rule): a later write then necessarily moves its timestamps.
+    fn settled_before(&self, read_at: SystemTime) -> bool {
+        let latest = self.modified.max(self.changed);
+        let Ok(read) = read_at.duration_since(SystemTime::UNIX_EPOCH) else {
+            return false;
+        };
+        latest.0 >= 0
+            && (read.as_secs() as i64) >= latest.0.saturating_add(SETTLED.as_secs() as i64)
+    }
 }
 
 #[derive(Debug)]
@@ -115,16 +160,31 @@ impl DirectoryStore {
         let paths = config_files(&self.dir);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let present: HashSet<&PathBuf> = paths.iter().collect();
+        let known = state.files.len();
         state.files.retain(|p, _| present.contains(p));
+        // Whether any file's contribution changed: if none did, neither did the snapshot.
+        let mut changed = state.files.len() != known;
         for path in &paths {
+            let stat = FileStat::of(path);
+            if let (Some(e), Some(now)) = (state.files.get(path), stat)
+                && e.unsettled.is_none()
+                && e.clean_stat == Some(now)
+            {
+                continue;
+            }
+            let read_at = SystemTime::now();
             let Ok(bytes) = std::fs::read(path) else {
                 // Vanished between listing and reading: the next scan settles it.
                 continue;
             };
+            // Metadata taken before the read: a write in between shows as a change next
+            // time, and the file is read again.
+            let clean_stat = stat.filter(|s| s.settled_before(read_at));
             let fingerprint = fingerprint(&bytes);
             if let Some(e) = state.files.get_mut(path) {
                 if e.fingerprint == fingerprint {
                     e.unsettled = None;
+                    e.clean_stat = clean_stat;
                     continue;
                 }
                 if settle && e.unsettled != Some(fingerprint) {
@@ -132,6 +192,7 @@ impl DirectoryStore {
                     continue;
                 }
             }
+            changed = true;
             let text = String::from_utf8_lossy(&bytes);
             let mut loader = Loader::new().default_namespace(&self.default_namespace);
             loader.add_str(&path.display().to_string(), &text);
@@ -140,12 +201,16 @@ impl DirectoryStore {
             let entry = state.files.entry(path.clone()).or_insert(FileEntry {
                 fingerprint,
                 unsettled: None,
+                clean_stat: None,
                 good: Vec::new(),
+                published: Vec::new(),
                 errors: Vec::new(),
             });
             entry.fingerprint = fingerprint;
             entry.unsettled = None;
+            entry.clean_stat = clean_stat;
             if errors.is_empty() {
+                entry.published = vec![None; report.resources.len()];
                 entry.good = report.resources;
                 entry.errors.clear();
             } else {
@@ -155,8 +220,11 @@ impl DirectoryStore {
                 entry.errors = errors;
             }
         }
+        if !changed {
+            return false;
+        }
         let mut next = self.assemble(&mut state);
-        if next.resources == state.current.resources {
+        if same_resources(&next.resources, &state.current.resources) {
             return false;
         }
         // Every published change gets a higher version, deletions included.
@@ -187,8 +255,9 @@ impl DirectoryStore {
         let mut resources: BTreeMap<ResourceKey, Arc<Resource>> = BTreeMap::new();
         let mut owner: BTreeMap<ResourceKey, PathBuf> = BTreeMap::new();
         let mut duplicates: BTreeMap<PathBuf, Vec<Diagnostic>> = BTreeMap::new();
-        for (path, entry) in &state.files {
-            for r in &entry.good {
+        let current = state.current.clone();
+        for (path, entry) in state.files.iter_mut() {
+            for (r, published) in entry.good.iter().zip(entry.published.iter_mut()) {
                 let key = r.key();
                 if let Some(first) = owner.get(&key) {
                     let mut d = Diagnostic::error(
@@ -200,10 +269,16 @@ impl DirectoryStore {
                     );
                     d.file = Some(path.display().to_string().into());
                     duplicates.entry(path.clone()).or_default().push(d);
+                    *published = None;
                     continue;
                 }
                 owner.insert(key.clone(), path.clone());
-                let old = state.current.resources.get(&key);
+                // Unchanged since this file last published it: taken as it was.
+                if let Some(arc) = published {
+                    resources.insert(key, arc.clone());
+                    continue;
+                }
+                let old = current.resources.get(&key);
                 let arc = match old {
                     // Unchanged: keep the published Arc and its resourceVersion.
                     Some(old) if same_but_version(old, r) => old.clone(),
@@ -226,6 +301,7 @@ impl DirectoryStore {
                         Arc::new(r)
                     }
                 };
+                *published = Some(arc.clone());
                 resources.insert(key, arc);
             }
         }
@@ -406,6 +482,18 @@ fn same_but_version(a: &Resource, b: &Resource) -> bool {
     strip(a) == strip(b)
 }
 
+/// Whether two snapshots' resources are the same: by pointer where they are shared (most
+/// are), by content where not.
+fn same_resources(
+    a: &BTreeMap<ResourceKey, Arc<Resource>>,
+    b: &BTreeMap<ResourceKey, Arc<Resource>>,
+) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((k1, r1), (k2, r2))| k1 == k2 && (Arc::ptr_eq(r1, r2) || r1 == r2))
+}
+
 fn fingerprint(bytes: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
@@ -431,7 +519,13 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         if name.starts_with('.') || name.ends_with('~') || name.starts_with('#') {
             continue;
         }
-        if p.is_dir() {
+        // The directory entry's type costs no system call; a symlink is followed.
+        let is_dir = match entry.file_type() {
+            Ok(t) if t.is_symlink() => p.is_dir(),
+            Ok(t) => t.is_dir(),
+            Err(_) => p.is_dir(),
+        };
+        if is_dir {
             walk(&p, out);
         } else if matches!(
             p.extension().and_then(|e| e.to_str()),
