@@ -187,15 +187,39 @@ async fn stream_once(
     (received, result.err())
 }
 
+/// The largest response a client takes: a state of the world push carries a whole mesh's
+/// clusters (about 300 bytes each) or galley's every document; tonic's default of 4 MiB
+/// would refuse a mesh of some ten thousand services.
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+/// HTTP/2 flow-control windows large enough for a whole push (Envoy's own default is
+/// 256 MiB): with h2's 64 KiB a large response waits on a window update every 64 KiB.
+const STREAM_WINDOW: u32 = 16 << 20;
+const CONNECTION_WINDOW: u32 = 64 << 20;
+
+async fn connect(
+    endpoint: &str,
+) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|e| tonic::Status::invalid_argument(format!("endpoint {endpoint:?}: {e}")))?
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connecting to {endpoint}: {e}")))?;
+    Ok(
+        AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(MAX_RESPONSE_BYTES),
+    )
+}
+
 async fn stream_inner(
     config: &ClientConfig,
     validator: &dyn Validate,
     tx: &watch::Sender<Arc<ClientState>>,
     received: &mut bool,
 ) -> Result<(), tonic::Status> {
-    let mut client = AggregatedDiscoveryServiceClient::connect(config.endpoint.clone())
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = connect(&config.endpoint).await?;
     let (req_tx, req_rx) = mpsc::channel::<DiscoveryRequest>(config.type_urls.len() + 4);
     let current = tx.borrow().clone();
     for (i, type_url) in config.type_urls.iter().enumerate() {
@@ -339,9 +363,7 @@ async fn delta_inner(
     tx: &watch::Sender<Arc<ClientState>>,
     received: &mut bool,
 ) -> Result<(), tonic::Status> {
-    let mut client = AggregatedDiscoveryServiceClient::connect(config.endpoint.clone())
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = connect(&config.endpoint).await?;
     let (req_tx, req_rx) = mpsc::channel::<DeltaDiscoveryRequest>(config.type_urls.len() + 4);
     let current = tx.borrow().clone();
     for (i, type_url) in config.type_urls.iter().enumerate() {

@@ -278,3 +278,27 @@ async fn delta_streams_apply_changes_and_removals_and_resume_after_reconnect() {
     .await;
     assert_eq!(sorted(&s, B), ["b2"]);
 }
+
+/// A push larger than tonic's default 4 MiB message limit (a mesh of some ten thousand
+/// services) reaches the client whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_larger_than_four_mebibytes_arrives() {
+    let big: Vec<String> = (0..6)
+        .map(|i| format!("{i}{}", "x".repeat(1 << 20)))
+        .collect();
+    let names_in: Vec<&str> = big.iter().map(String::as_str).collect();
+    let (_snap_tx, snap_rx) = watch::channel(snapshot("1", &names_in, &[]));
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let _server = TestServer::start(snap_rx, addr);
+    let config = ClientConfig::new(format!("http://{addr}"), "big-node", vec![A.into()]);
+    let (mut rx, _task) = client::spawn(config, client::AcceptAll);
+    let s = until(&mut rx, "the 6 MiB push", |s| {
+        s.types.get(A).is_some_and(|t| t.resources.len() == 6)
+    })
+    .await;
+    let total: usize = s.types[A].resources.iter().map(|a| a.value.len()).sum();
+    assert!(total > 6 << 20, "{total} bytes");
+}
