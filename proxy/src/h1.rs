@@ -397,18 +397,20 @@ fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
     }
 }
 
-struct Head {
-    len: usize,
-    status: StatusCode,
+pub(crate) struct Head {
+    /// Bytes of `buf` the head took; the body starts after them.
+    pub(crate) len: usize,
+    pub(crate) status: StatusCode,
     version: Version,
-    headers: HeaderMap,
+    pub(crate) headers: HeaderMap,
     keep_alive: bool,
-    content_length: Option<u64>,
+    pub(crate) content_length: Option<u64>,
     chunked: bool,
 }
 
-/// The response head at the start of `buf`, `None` while it is incomplete.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
+/// The response head at the start of `buf`, `None` while it is incomplete. Also reads the
+/// answer to a WebSocket upgrade (`http::websocket`).
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut slots);
     let len = match parsed.parse(buf) {

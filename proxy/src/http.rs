@@ -1101,32 +1101,14 @@ fn is_websocket_upgrade(h: &HeaderMap) -> bool {
     has("upgrade", "websocket") && has("connection", "upgrade")
 }
 
-/// [`parse_head`], for the fuzz targets.
-pub fn fuzz_parse_head(buf: &[u8]) -> Option<ResponseHead> {
-    parse_head(buf)
+/// The HTTP/1.1 response-head parser, for the fuzz targets.
+pub fn fuzz_parse_head(buf: &[u8]) -> bool {
+    matches!(crate::h1::parse_head(buf), Ok(Some(_)))
 }
 
 /// [`is_websocket_upgrade`], for the fuzz targets.
 pub fn fuzz_is_websocket_upgrade(h: &HeaderMap) -> bool {
     is_websocket_upgrade(h)
-}
-
-/// A parsed response head: status, headers, and where the head ended.
-type ResponseHead = (u16, Vec<(String, String)>, usize);
-
-/// A response head: status, headers, and the bytes that came after it.
-fn parse_head(buf: &[u8]) -> Option<ResponseHead> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let text = std::str::from_utf8(&buf[..end]).ok()?;
-    let mut lines = text.split("\r\n");
-    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let headers = lines
-        .filter_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            Some((k.trim().to_owned(), v.trim().to_owned()))
-        })
-        .collect();
-    Some((status, headers, end + 4))
 }
 
 /// A WebSocket upgrade: the request goes to an endpoint over a connection of its own; a 101
@@ -1178,9 +1160,17 @@ async fn websocket(
     }
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
-    let (status, headers, used) = loop {
-        if let Some(parsed) = parse_head(&buf) {
-            break parsed;
+    let head = loop {
+        match crate::h1::parse_head(&buf) {
+            Ok(Some(head)) => break head,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "malformed answer to a WebSocket upgrade");
+                return local_reply(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream sent a malformed response",
+                );
+            }
         }
         if buf.len() > 64 * 1024 {
             return local_reply(StatusCode::BAD_GATEWAY, "upstream response head too large");
@@ -1195,21 +1185,14 @@ async fn websocket(
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     };
-    let rest = buf.split_off(used);
+    let rest = buf.split_off(head.len);
     let mut response = Response::new(full(Bytes::new()));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    for (k, v) in &headers {
-        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
-            response.headers_mut().append(k, v);
-        }
-    }
-    if status != 101 {
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers;
+    if head.status != StatusCode::SWITCHING_PROTOCOLS {
         // Not upgraded: the answer, with the body the head announced.
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0)
+        let len = usize::try_from(head.content_length.unwrap_or(0))
+            .unwrap_or(usize::MAX)
             .min(MAX_BUFFERED_BODY);
         let mut body = rest;
         while body.len() < len {
