@@ -65,6 +65,13 @@ struct FileStat {
 const SETTLED: Duration = Duration::from_secs(3);
 
 impl FileStat {
+    /// `None` where the metadata cannot be had: the file is then always read.
+    #[cfg(not(unix))]
+    fn of(_path: &Path) -> Option<FileStat> {
+        None
+    }
+
+    #[cfg(unix)]
     fn of(path: &Path) -> Option<FileStat> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(path).ok()?;
@@ -533,5 +540,31 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         ) {
             out.push(p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_is_trusted_only_once_the_file_had_settled_when_read() {
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let stat = FileStat {
+            len: 10,
+            modified: (100, 500),
+            changed: (100, 700),
+            inode: (1, 2),
+        };
+        assert!(!stat.settled_before(at(100)));
+        assert!(!stat.settled_before(at(102)));
+        assert!(stat.settled_before(at(103)));
+        // A metadata change (a restored modification time) counts as a change.
+        let touched = FileStat {
+            changed: (105, 0),
+            ..stat
+        };
+        assert!(!touched.settled_before(at(103)));
+        assert!(touched.settled_before(at(108)));
     }
 }
