@@ -612,15 +612,27 @@ impl Runtime {
         self.set_progress("starting the ingress gateway");
         let (mut galley, _task) = subscribe_galley(ports.galley_grpc);
         let mut snap = Snapshot::default();
+        let mut parsed = keel_config::store::ParsedDocuments::default();
+        let mut parsed_from: Option<std::sync::Arc<keel_xds::client::ClientState>> = None;
         let gateway_deadline = Instant::now() + Duration::from_secs(60);
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| start_err("installing the SIGTERM handler", e))?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             {
-                let state = galley.borrow_and_update();
-                if state.synced {
-                    snap = keel_xds_snapshot(&state);
+                let state = galley.borrow_and_update().clone();
+                // Parsed again only when galley sent a new state; then only the documents
+                // not seen before.
+                let new = parsed_from
+                    .as_ref()
+                    .is_none_or(|p| !std::sync::Arc::ptr_eq(p, &state));
+                if state.synced && new {
+                    snap = Snapshot::from_json_documents_reusing(
+                        state.snapshot_version(),
+                        state.payloads(),
+                        &mut parsed,
+                    );
+                    parsed_from = Some(state);
                 }
             }
             self.reconcile(&snap).await;
@@ -1681,10 +1693,6 @@ fn subscribe_galley(
     );
     config.consistent = true;
     keel_xds::client::spawn(config, keel_xds::client::AcceptAll)
-}
-
-fn keel_xds_snapshot(state: &keel_xds::client::ClientState) -> Snapshot {
-    Snapshot::from_json_documents(state.snapshot_version(), state.payloads())
 }
 
 fn network_of(ip: Ipv4Addr, prefix: u8) -> (Ipv4Addr, u8) {

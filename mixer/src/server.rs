@@ -464,10 +464,13 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         let shared = shared.clone();
         let ns = args.config_namespace.clone();
         tokio::spawn(async move {
+            // Documents parsed before are not parsed again: a change reads what changed.
+            let mut parsed = keel_config::store::ParsedDocuments::default();
             loop {
                 let state = galley.borrow_and_update().clone();
                 if state.synced {
-                    let config = keel_pilot::server::config_from_galley(&state);
+                    let config =
+                        keel_pilot::server::config_from_galley_reusing(&state, &mut parsed);
                     shared.install(&config, &ns);
                     ready_tx.send_replace(true);
                 }

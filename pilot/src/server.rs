@@ -83,12 +83,8 @@ pub enum StartError {
     },
 }
 
-/// Galley's resources as a configuration snapshot.
-pub fn config_from_galley(state: &ClientState) -> Snapshot {
-    Snapshot::from_json_documents(state.snapshot_version(), state.payloads())
-}
-
-/// The same, parsing only the documents that changed since the last call with `parsed`.
+/// Galley's resources as a configuration snapshot, parsing only the documents that changed
+/// since the last call with `parsed` (a subscriber keeps one `parsed` for its life).
 pub fn config_from_galley_reusing(state: &ClientState, parsed: &mut ParsedDocuments) -> Snapshot {
     Snapshot::from_json_documents_reusing(state.snapshot_version(), state.payloads(), parsed)
 }
