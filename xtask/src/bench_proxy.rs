@@ -193,7 +193,12 @@ pub fn backend(port: u16, address: IpAddr) -> Result<()> {
     Ok(())
 }
 
-fn read_response(reader: &mut BufReader<TcpStream>, line: &mut String) -> std::io::Result<u16> {
+/// One response: its status, and whether the server closes the connection after it
+/// (`connection: close`; nginx does after `keepalive_requests`).
+fn read_response(
+    reader: &mut BufReader<TcpStream>,
+    line: &mut String,
+) -> std::io::Result<(u16, bool)> {
     line.clear();
     reader.read_line(line)?;
     let status = line
@@ -202,6 +207,7 @@ fn read_response(reader: &mut BufReader<TcpStream>, line: &mut String) -> std::i
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let mut len = 0usize;
+    let mut close = false;
     loop {
         line.clear();
         if reader.read_line(line)? == 0 {
@@ -210,13 +216,16 @@ fn read_response(reader: &mut BufReader<TcpStream>, line: &mut String) -> std::i
         if line == "\r\n" {
             break;
         }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
             len = v.trim().parse().unwrap_or(0);
+        } else if let Some(v) = lower.strip_prefix("connection:") {
+            close |= v.split(',').any(|t| t.trim() == "close");
         }
     }
     let mut body = vec![0; len];
     reader.read_exact(&mut body)?;
-    Ok(status)
+    Ok((status, close))
 }
 
 struct Load {
@@ -345,7 +354,7 @@ fn probe(addr: SocketAddr, host: &str, timeout: Duration) -> bool {
                 w.write_all(req.as_bytes()).ok()?;
                 read_response(&mut r, &mut String::new()).ok()
             });
-        if status == Some(200) {
+        if status.is_some_and(|(s, _)| s == 200) {
             return true;
         }
         if Instant::now() > deadline {
@@ -452,11 +461,15 @@ fn load(addr: SocketAddr, host: &str, rate: u32, warmup: Duration, duration: Dur
                     if scheduled > now {
                         std::thread::sleep(scheduled - now);
                     }
+                    let mut closing = false;
                     let ok = match conn.as_mut() {
                         None => false,
                         Some((reader, writer)) => {
                             writer.write_all(req).is_ok()
-                                && read_response(reader, &mut line).is_ok_and(|s| s == 200)
+                                && read_response(reader, &mut line).is_ok_and(|(s, close)| {
+                                    closing = close;
+                                    s == 200
+                                })
                         }
                     };
                     let done = Instant::now();
@@ -471,7 +484,9 @@ fn load(addr: SocketAddr, host: &str, rate: u32, warmup: Duration, duration: Dur
                             errors += 1;
                         }
                     }
-                    if !ok {
+                    // A failed connection, or one the server said it closes (as an HTTP
+                    // client does, the next request goes on a new one).
+                    if !ok || closing {
                         conn = connect();
                     }
                 }
@@ -837,7 +852,7 @@ fn nginx_config(dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(&tmp)?;
     let t = tmp.display();
     let conf = format!(
-        "worker_processes 1;\ndaemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {t}/body;\n  proxy_temp_path {t}/proxy;\n  fastcgi_temp_path {t}/fastcgi;\n  uwsgi_temp_path {t}/uwsgi;\n  scgi_temp_path {t}/scgi;\n  upstream backend {{ server 127.0.0.1:{BACKEND}; keepalive 32; }}\n  server {{\n    listen 127.0.0.1:{GATEWAY};\n    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
+        "worker_processes 1;\ndaemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {t}/body;\n  proxy_temp_path {t}/proxy;\n  fastcgi_temp_path {t}/fastcgi;\n  uwsgi_temp_path {t}/uwsgi;\n  scgi_temp_path {t}/scgi;\n  keepalive_requests 1000000;\n  upstream backend {{ server 127.0.0.1:{BACKEND}; keepalive 32; keepalive_requests 1000000; }}\n  server {{\n    listen 127.0.0.1:{GATEWAY};\n    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
         d = dir.display()
     );
     let path = dir.join("nginx.conf");
