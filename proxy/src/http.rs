@@ -645,6 +645,16 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     hyper::header::TRAILER,
 ];
 
+/// Removes the hop-by-hop headers. Most messages have none: one pass over the few headers
+/// present finds that, instead of a hashed lookup per hop-by-hop name.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        for h in &HOP_BY_HOP {
+            headers.remove(h);
+        }
+    }
+}
+
 /// A version 4 UUID in its text form, written without the formatting machinery (one per
 /// request).
 fn request_id() -> HeaderValue {
@@ -681,7 +691,13 @@ async fn handle(
     local: SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
-    let start_time = SystemTime::now();
+    // What only the access log reads is only taken when there is one.
+    let logged = !hcm.access_log.is_empty();
+    let start_time = if logged {
+        SystemTime::now()
+    } else {
+        SystemTime::UNIX_EPOCH
+    };
     shared.stats.downstream_rq.inc();
     let _active = Active::enter(&shared.active);
     let (mut parts, body) = req.into_parts();
@@ -750,7 +766,11 @@ async fn handle(
     let mut entry = HttpEntry {
         start_time,
         duration: Duration::ZERO,
-        method: parts.method.to_string(),
+        method: if logged {
+            parts.method.to_string()
+        } else {
+            String::new()
+        },
         path: path_and_query,
         authority: host,
         // Only what the access log sends, and only when there is one.
@@ -1041,9 +1061,7 @@ async fn route_request(
         .get(hyper::header::TE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("trailers"));
-    for h in &HOP_BY_HOP {
-        parts.headers.remove(h);
-    }
+    remove_hop_by_hop(&mut parts.headers);
     if te_trailers {
         parts
             .headers
@@ -1071,9 +1089,7 @@ async fn route_request(
         },
         None => attempt.await,
     };
-    for h in &HOP_BY_HOP {
-        response.headers_mut().remove(h);
-    }
+    remove_hop_by_hop(response.headers_mut());
     if let Some(cookie) = set_cookie
         && let Ok(v) = HeaderValue::from_str(&cookie)
     {
@@ -1648,6 +1664,32 @@ mod tests {
             domains: domains.iter().map(|d| (*d).to_owned()).collect(),
             routes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_others_kept() {
+        let mut h = HeaderMap::new();
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        h.insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+        let untouched = h.clone();
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h, untouched);
+        for (k, v) in [
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h, untouched);
     }
 
     #[test]
