@@ -17,6 +17,45 @@ use hyper::header::HeaderMap;
 
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request body as the downstream connection delivers it: from keel-proxy's own HTTP/1.1
+/// server, or from hyper's (HTTP/2, TLS listeners).
+#[derive(Debug)]
+pub enum Downstream {
+    H1(crate::h1::server::RequestBody),
+    Hyper(Incoming),
+}
+
+impl Body for Downstream {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Downstream::H1(b) => Pin::new(b).poll_frame(cx),
+            Downstream::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BodyError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Downstream::H1(b) => b.is_end_stream(),
+            Downstream::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Downstream::H1(b) => b.size_hint(),
+            Downstream::Hyper(b) => b.size_hint(),
+        }
+    }
+}
+
 /// What a body frame was, kept for replay (hyper's `Frame` is not `Clone`).
 #[derive(Clone, Debug)]
 enum Kept {
@@ -36,7 +75,7 @@ impl Kept {
 #[derive(Debug)]
 struct State {
     /// The downstream body; `None` once it ended (or failed).
-    source: Option<Incoming>,
+    source: Option<Downstream>,
     /// Frames pulled from the source so far.
     pulled: usize,
     /// The first `kept.len()` of them; all of them unless `overflowed`.
@@ -61,7 +100,7 @@ pub struct Replay {
 
 impl Replay {
     /// Keeps up to `limit` bytes of `body` for replay.
-    pub fn new(body: Incoming, limit: usize) -> Replay {
+    pub fn new(body: Downstream, limit: usize) -> Replay {
         if body.is_end_stream() {
             return Replay {
                 state: None,

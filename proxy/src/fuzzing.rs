@@ -6,7 +6,7 @@
 //!   pilot or a broken control plane could send).
 //! - [`http_edge`]: the HTTP pieces keel-proxy parses itself rather than leaving to hyper:
 //!   virtual host and route matching on odd hosts and paths, response heads of upgrades,
-//!   cookies for hashing, the shadow host of mirrors.
+//!   cookies for hashing, the shadow host of mirrors, request heads of the HTTP/1.1 server.
 
 use std::sync::OnceLock;
 
@@ -132,6 +132,7 @@ pub fn http_edge(data: &[u8]) {
     }
     let _ = crate::http::shadow_host(&host);
     let _ = crate::http::fuzz_parse_head(head);
+    let _ = crate::http::fuzz_parse_request_head(head);
     let _ = crate::http::fuzz_is_websocket_upgrade(&headers);
     if let Ok(req) = hyper::Request::get("/").body(()) {
         let (mut p, ()) = req.into_parts();

@@ -31,6 +31,8 @@ use tokio::net::TcpStream;
 
 use crate::body::{BodyError, Outgoing};
 
+pub mod server;
+
 /// The largest response head read (Envoy's default max_request_headers_kb is 60).
 const MAX_HEAD: usize = 64 * 1024;
 /// The most headers a response head may have (Envoy's default is 100).

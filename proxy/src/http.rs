@@ -23,7 +23,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::body::{BodyError, Outgoing, Replay};
+use crate::body::{BodyError, Downstream, Outgoing, Replay};
 use crate::connect::Connector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -469,7 +469,71 @@ fn connector(cluster: &Cluster, tls: Option<Arc<rustls::ClientConfig>>) -> Conne
     Connector::new(tcp, tls.map(|c| (c, sni)))
 }
 
-/// Serves one downstream connection (HTTP/1.1, keep-alive).
+/// What a downstream connection's requests go to: the listener's connection manager as the
+/// configuration has it when each request arrives.
+struct ConnectionService {
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    chain: crate::model::ChainMatch,
+    /// The manager the connection was accepted with (kept if the listener goes away).
+    accepted: Arc<HttpManager>,
+    /// The manager found for the configuration last seen: looked up again only when the
+    /// configuration changes.
+    current: Mutex<Option<(Arc<Config>, Arc<HttpManager>)>>,
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+impl ConnectionService {
+    fn call(
+        &self,
+        req: Request<Downstream>,
+    ) -> impl Future<Output = Response<Body>> + Send + use<> {
+        let shared = self.shared.clone();
+        let config = shared.config.borrow().clone();
+        // Each request takes the listener's connection manager as it is now, so a changed
+        // filter chain (policy checks turned off, access logs added) applies to requests on
+        // connections accepted before the change too; a removed listener keeps its last.
+        let hcm = {
+            let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            match &*current {
+                Some((seen, hcm)) if Arc::ptr_eq(seen, &config) => hcm.clone(),
+                _ => {
+                    let found = match config
+                        .listeners
+                        .get(&*self.listener)
+                        .and_then(|l| l.chains.iter().find(|c| c.matcher == self.chain))
+                        .map(|c| &c.filter)
+                    {
+                        Some(crate::model::NetworkFilter::Http(now)) => now.clone(),
+                        _ => self.accepted.clone(),
+                    };
+                    *current = Some((config.clone(), found.clone()));
+                    found
+                }
+            }
+        };
+        handle(shared, config, hcm, req, self.peer, self.local)
+    }
+
+    /// The service for hyper's servers.
+    fn into_hyper(
+        self: Arc<Self>,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+    > + Clone {
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let response = self.call(req.map(Downstream::Hyper));
+            async move { Ok::<_, Infallible>(response.await) }
+        })
+    }
+}
+
+/// Serves one downstream connection on a TLS listener: HTTP/1.1 (keep-alive, upgrades), or
+/// HTTP/2 when negotiated by ALPN or started with its preface, as Envoy's codec_type AUTO.
 pub async fn serve_connection<S>(
     shared: Arc<Shared>,
     listener: &str,
@@ -481,44 +545,51 @@ pub async fn serve_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let listener: Arc<str> = listener.into();
-    let chain = Arc::new(chain.clone());
-    // The connection manager found for the configuration last seen: looked up again only
-    // when the configuration changes.
-    let current: Mutex<Option<(Arc<Config>, Arc<HttpManager>)>> = Mutex::new(None);
-    let service = hyper::service::service_fn(move |req| {
-        let shared = shared.clone();
-        let config = shared.config.borrow().clone();
-        // Each request takes the listener's connection manager as it is now, so a changed
-        // filter chain (policy checks turned off, access logs added) applies to requests on
-        // connections accepted before the change too; a removed listener keeps its last.
-        let hcm = {
-            let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
-            match &*current {
-                Some((seen, hcm)) if Arc::ptr_eq(seen, &config) => hcm.clone(),
-                _ => {
-                    let found = match config
-                        .listeners
-                        .get(&*listener)
-                        .and_then(|l| l.chains.iter().find(|c| c.matcher == *chain))
-                        .map(|c| &c.filter)
-                    {
-                        Some(crate::model::NetworkFilter::Http(now)) => now.clone(),
-                        _ => hcm.clone(),
-                    };
-                    *current = Some((config.clone(), found.clone()));
-                    found
-                }
-            }
-        };
-        async move { Ok::<_, Infallible>(handle(shared, config, hcm, req, peer, local).await) }
+    let service = Arc::new(ConnectionService {
+        shared,
+        listener: listener.into(),
+        chain: chain.clone(),
+        accepted: hcm,
+        current: Mutex::new(None),
+        peer,
+        local,
     });
-    // HTTP/1.1, or HTTP/2 when the connection starts with its preface (h2c prior knowledge,
-    // or h2 negotiated by ALPN on TLS listeners), as Envoy's codec_type AUTO.
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.into_hyper());
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "downstream connection ended with an error");
+    }
+}
+
+/// Serves one plaintext downstream connection: keel-proxy's own HTTP/1.1 server
+/// ([`crate::h1::server`]), or hyper's HTTP/2 server when the connection starts with
+/// HTTP/2's preface (h2c with prior knowledge).
+pub async fn serve_plain_connection(
+    shared: Arc<Shared>,
+    listener: &str,
+    chain: &crate::model::ChainMatch,
+    hcm: Arc<HttpManager>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
+    let service = ConnectionService {
+        shared,
+        listener: listener.into(),
+        chain: chain.clone(),
+        accepted: hcm,
+        current: Mutex::new(None),
+        peer,
+        local,
+    };
+    let served =
+        crate::h1::server::serve(stream, |req| service.call(req.map(Downstream::H1))).await;
+    if let crate::h1::server::Served::Http2(io) = served {
+        let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection(TokioIo::new(io), Arc::new(service).into_hyper());
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "downstream HTTP/2 connection ended with an error");
+        }
     }
 }
 
@@ -686,7 +757,7 @@ async fn handle(
     shared: Arc<Shared>,
     config: Arc<Config>,
     hcm: Arc<HttpManager>,
-    req: Request<Incoming>,
+    req: Request<Downstream>,
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Response<Body> {
@@ -1122,6 +1193,11 @@ pub fn fuzz_parse_head(buf: &[u8]) -> bool {
     matches!(crate::h1::parse_head(buf), Ok(Some(_)))
 }
 
+/// The downstream server's request-head parser, for the fuzz targets.
+pub fn fuzz_parse_request_head(buf: &[u8]) -> bool {
+    matches!(crate::h1::server::parse_request_head(buf), Ok(Some(_)))
+}
+
 /// [`is_websocket_upgrade`], for the fuzz targets.
 pub fn fuzz_is_websocket_upgrade(h: &HeaderMap) -> bool {
     is_websocket_upgrade(h)
@@ -1145,7 +1221,13 @@ async fn websocket(
         return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
     };
     entry.upstream_address = Some(addr);
-    let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let on_upgrade = match parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+        Some(hyper) => Some(DownstreamUpgrade::Hyper(hyper)),
+        None => parts
+            .extensions
+            .remove::<crate::h1::server::OnUpgrade>()
+            .map(DownstreamUpgrade::H1),
+    };
     route_request_headers(&mut parts.headers, route, forward);
     let path = rewrite(&entry.path, route, forward);
     shared.stats.upstream_rq.inc();
@@ -1225,16 +1307,45 @@ async fn websocket(
         return local_reply(StatusCode::BAD_REQUEST, "upgrade failed");
     };
     tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let mut downstream = TokioIo::new(upgraded);
-        if !rest.is_empty() && downstream.write_all(&rest).await.is_err() {
-            return;
+        match on_upgrade {
+            DownstreamUpgrade::Hyper(on_upgrade) => {
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
+                relay(TokioIo::new(upgraded), upstream, &rest, &[]).await;
+            }
+            DownstreamUpgrade::H1(on_upgrade) => {
+                let Some(upgraded) = on_upgrade.upgraded().await else {
+                    return;
+                };
+                relay(upgraded.stream, upstream, &rest, &upgraded.read).await;
+            }
         }
-        let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
     });
     response
+}
+
+/// How an upgraded downstream connection is handed over after the 101.
+enum DownstreamUpgrade {
+    Hyper(hyper::upgrade::OnUpgrade),
+    H1(crate::h1::server::OnUpgrade),
+}
+
+/// Bytes both ways between an upgraded connection and its upstream, after what each side
+/// sent early (with the 101, with the upgrade request) went to the other.
+async fn relay<D, U>(mut downstream: D, mut upstream: U, to_downstream: &[u8], to_upstream: &[u8])
+where
+    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    if !to_downstream.is_empty() && downstream.write_all(to_downstream).await.is_err() {
+        return;
+    }
+    if !to_upstream.is_empty() && upstream.write_all(to_upstream).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
 }
 
 /// The request's hash for a ring-hash cluster: the hash policies' values combined as Envoy

@@ -193,7 +193,7 @@ async fn serve(
     match &chain.filter {
         NetworkFilter::Http(hcm) => match &chain.tls {
             None => {
-                crate::http::serve_connection(
+                crate::http::serve_plain_connection(
                     shared.clone(),
                     &listener.name,
                     &chain.matcher,
