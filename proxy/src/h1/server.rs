@@ -25,6 +25,7 @@
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::Shutdown;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::{Chunked, Decoded, MAX_HEADERS, READ_CHUNK, decode_chunked, poll_read_some};
 use crate::body::BodyError;
@@ -70,46 +72,52 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let stream = Arc::new(stream);
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let (read, write) = stream.into_split();
+    // The reading side goes with a request's body while it is read, and comes back at its
+    // end; the writing side stays here.
+    let mut side = ReadSide {
+        io: read,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+    };
     let mut out = BytesMut::with_capacity(READ_CHUNK);
     let mut first = true;
     loop {
         let head = loop {
+            let buf = &side.buf;
             if first && PREFACE.starts_with(&buf[..buf.len().min(PREFACE.len())]) {
                 if buf.len() >= PREFACE.len() {
-                    return match Arc::try_unwrap(stream) {
+                    return match side.io.reunite(write) {
                         Ok(stream) => Served::Http2(Rewind {
-                            read: buf.freeze(),
+                            read: side.buf.freeze(),
                             stream,
                         }),
                         Err(_) => Served::Closed,
                     };
                 }
             } else if !buf.is_empty() {
-                match parse_request_head(&buf) {
+                match parse_request_head(buf) {
                     Ok(Some(head)) => break head,
                     Ok(None) if buf.len() > MAX_REQUEST_HEAD => {
                         let e = HeadError::too_large(format!(
                             "request head over {MAX_REQUEST_HEAD} bytes"
                         ));
-                        reject(&stream, &mut out, e).await;
+                        reject(&write, &mut out, e).await;
                         return Served::Closed;
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        reject(&stream, &mut out, e).await;
+                        reject(&write, &mut out, e).await;
                         return Served::Closed;
                     }
                 }
             }
-            match read_some(&stream, &mut buf).await {
+            match std::future::poll_fn(|cx| side.poll_fill(cx)).await {
                 Ok(0) | Err(_) => return Served::Closed,
                 Ok(_) => {}
             }
         };
         first = false;
-        buf.advance(head.len);
+        side.buf.advance(head.len);
 
         let mut request = Request::new(RequestBody { reading: None });
         *request.method_mut() = head.method;
@@ -119,7 +127,7 @@ where
         if head.expects_continue {
             // Envoy answers 100 Continue itself and does not pass the expectation on.
             headers.remove(header::EXPECT);
-            if write_all(&stream, b"HTTP/1.1 100 Continue\r\n\r\n")
+            if write_all(&write, b"HTTP/1.1 100 Continue\r\n\r\n")
                 .await
                 .is_err()
             {
@@ -127,23 +135,6 @@ where
             }
         }
         *request.headers_mut() = headers;
-        let home = match head.body {
-            BodyLength::None => None,
-            length => {
-                let home = Arc::new(Mutex::new(None));
-                request.body_mut().reading = Some(Box::new(Reading {
-                    stream: stream.clone(),
-                    buf: std::mem::take(&mut buf),
-                    framing: match length {
-                        BodyLength::Chunked => Framing::Chunked(Chunked::Size),
-                        BodyLength::Length(n) => Framing::Length(n),
-                        BodyLength::None => Framing::Done,
-                    },
-                    home: home.clone(),
-                }));
-                Some(home)
-            }
-        };
         let upgrade = head.upgrade.then(|| {
             let (tx, rx) = tokio::sync::oneshot::channel();
             request
@@ -152,6 +143,22 @@ where
             tx
         });
         let is_head = request.method() == Method::HEAD;
+        let (home, reading) = match head.body {
+            BodyLength::None => (None, Some(side)),
+            length => {
+                let home = Arc::new(Mutex::new(None));
+                request.body_mut().reading = Some(Box::new(Reading {
+                    side,
+                    framing: match length {
+                        BodyLength::Chunked => Framing::Chunked(Chunked::Size),
+                        BodyLength::Length(n) => Framing::Length(n),
+                        BodyLength::None => Framing::Length(0),
+                    },
+                    home: home.clone(),
+                }));
+                (Some(home), None)
+            }
+        };
 
         let response = handle(request).await;
 
@@ -163,21 +170,23 @@ where
             super::put_headers(&mut out, response.headers());
             out.put_slice(b"\r\n");
             drop(response);
-            if write_all(&stream, &out).await.is_err() {
+            if write_all(&write, &out).await.is_err() {
                 return Served::Closed;
             }
-            // A request body still being read would own part of the stream; upgrade
-            // requests have none.
-            if let (true, Ok(stream)) = (home.is_none(), Arc::try_unwrap(stream)) {
+            // A request body still being read has the reading side; upgrade requests have
+            // none.
+            if let Some(mut side) = reading
+                && let Ok(stream) = side.io.reunite(write)
+            {
                 let _ = tx.send(Upgraded {
                     stream,
-                    read: buf.split().freeze(),
+                    read: side.buf.split().freeze(),
                 });
             }
             return Served::Closed;
         }
         let sent = write_response(
-            &stream,
+            &write,
             &mut out,
             response,
             ResponseContext {
@@ -187,29 +196,42 @@ where
             },
         )
         .await;
-        let Ok(mut keep_alive) = sent else {
+        let Ok(keep_alive) = sent else {
             return Served::Closed;
         };
-        // The request body gives the connection's buffer back when it was read to its end.
-        let mut unread = false;
-        if let Some(home) = home {
-            match home.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                Some(back) => buf = back,
-                None => {
-                    keep_alive = false;
-                    unread = true;
-                }
+        // The request body gives the reading side back when it was read to its end.
+        let back = match home {
+            None => reading,
+            Some(home) => home.lock().unwrap_or_else(|p| p.into_inner()).take(),
+        };
+        match back {
+            Some(back) if keep_alive => side = back,
+            Some(_) => return Served::Closed,
+            None => {
+                linger(&write).await;
+                return Served::Closed;
             }
         }
-        if !keep_alive {
-            if unread {
-                linger(&stream).await;
-            }
-            return Served::Closed;
-        }
-        if buf.capacity() < READ_CHUNK / 2 {
-            buf.reserve(READ_CHUNK);
-        }
+    }
+}
+
+/// The connection's reading side and what was read past the messages handed on.
+#[derive(Debug)]
+struct ReadSide {
+    io: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+impl ReadSide {
+    /// Reads what is there into `buf` (0 at the end of the stream). Through `AsyncRead`,
+    /// whose short reads tell tokio the socket is drained, so that the next request is
+    /// waited for without a read that would block.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut storage = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut read = ReadBuf::uninit(&mut storage);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+        self.buf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
     }
 }
 
@@ -235,7 +257,7 @@ enum Outgoing {
 /// Writes `response`; `Ok(keep_alive)` when it went out whole, `Err` when the connection
 /// failed or the body did (the client cannot tell the message ended: the connection closes).
 async fn write_response<B>(
-    stream: &TcpStream,
+    stream: &OwnedWriteHalf,
     out: &mut BytesMut,
     response: Response<B>,
     request: ResponseContext,
@@ -425,7 +447,7 @@ fn put_date(out: &mut BytesMut) {
 }
 
 /// Answers a request whose head was refused, and closes.
-async fn reject(stream: &TcpStream, out: &mut BytesMut, e: HeadError) {
+async fn reject(stream: &OwnedWriteHalf, out: &mut BytesMut, e: HeadError) {
     tracing::debug!(reason = %e.reason, status = e.status.as_u16(), "refused a request head");
     out.clear();
     put_status_line(out, e.status);
@@ -440,7 +462,8 @@ async fn reject(stream: &TcpStream, out: &mut BytesMut, e: HeadError) {
 /// Closes the sending side, then reads and drops what the client still sends for a while:
 /// closing a socket with unread bytes resets the connection, and the client may lose the
 /// response it has not read yet.
-async fn linger(stream: &TcpStream) {
+async fn linger(write: &OwnedWriteHalf) {
+    let stream: &TcpStream = write.as_ref();
     if socket2::SockRef::from(stream)
         .shutdown(Shutdown::Write)
         .is_err()
@@ -452,7 +475,7 @@ async fn linger(stream: &TcpStream) {
         let mut total = 0;
         while total < LINGER_BYTES {
             scratch.clear();
-            match read_some(stream, &mut scratch).await {
+            match std::future::poll_fn(|cx| poll_read_some(stream, &mut scratch, cx)).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => total += n,
             }
@@ -461,11 +484,8 @@ async fn linger(stream: &TcpStream) {
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
-async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    std::future::poll_fn(|cx| poll_read_some(stream, buf, cx)).await
-}
-
-async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+async fn write_all(write: &OwnedWriteHalf, mut data: &[u8]) -> io::Result<()> {
+    let stream: &TcpStream = write.as_ref();
     while !data.is_empty() {
         match stream.try_write(data) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -649,29 +669,32 @@ pub struct RequestBody {
 
 #[derive(Debug)]
 struct Reading {
-    stream: Arc<TcpStream>,
-    /// Bytes read past what was handed on (the next request's, once the body ended).
-    buf: BytesMut,
+    /// The connection's reading side (its buffer holds the next request's bytes once the
+    /// body ended).
+    side: ReadSide,
     framing: Framing,
-    /// Where the buffer goes back to.
-    home: Arc<Mutex<Option<BytesMut>>>,
+    /// Where the reading side goes back to.
+    home: Arc<Mutex<Option<ReadSide>>>,
 }
 
 #[derive(Debug)]
 enum Framing {
+    /// Bytes left of a content-length body.
     Length(u64),
     Chunked(Chunked),
-    Done,
-}
-
-impl Reading {
-    fn finish(&mut self) {
-        self.framing = Framing::Done;
-        *self.home.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::mem::take(&mut self.buf));
-    }
 }
 
 impl RequestBody {
+    /// The body ended: the reading side goes back for the next request.
+    fn finish(&mut self) {
+        if let Some(reading) = self.reading.take() {
+            let Reading { side, home, .. } = *reading;
+            *home.lock().unwrap_or_else(|p| p.into_inner()) = Some(side);
+        }
+    }
+
+    /// The body cannot be read to its end: the reading side is dropped, and with it the
+    /// connection once the response is out.
     fn fail(&mut self, reason: impl Into<String>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.reading = None;
         Poll::Ready(Some(Err(
@@ -689,45 +712,42 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let Some(r) = this.reading.as_deref_mut() else {
-            return Poll::Ready(None);
-        };
         loop {
+            let Some(r) = this.reading.as_deref_mut() else {
+                return Poll::Ready(None);
+            };
+            let buf = &mut r.side.buf;
             match &mut r.framing {
-                Framing::Done => return Poll::Ready(None),
                 Framing::Length(0) => {
-                    r.finish();
+                    this.finish();
                     return Poll::Ready(None);
                 }
                 Framing::Length(left) => {
-                    if !r.buf.is_empty() {
-                        let n = r
-                            .buf
-                            .len()
-                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    if !buf.is_empty() {
+                        let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
                         *left -= n as u64;
-                        let data = r.buf.split_to(n).freeze();
+                        let data = buf.split_to(n).freeze();
                         if *left == 0 {
-                            r.finish();
+                            this.finish();
                         }
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                 }
-                Framing::Chunked(state) => match decode_chunked(state, &mut r.buf) {
+                Framing::Chunked(state) => match decode_chunked(state, buf) {
                     Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                     Ok(Decoded::Trailers(trailers)) => {
-                        r.finish();
+                        this.finish();
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }
                     Ok(Decoded::End) => {
-                        r.finish();
+                        this.finish();
                         return Poll::Ready(None);
                     }
                     Ok(Decoded::NeedMore) => {}
                     Err(reason) => return this.fail(reason),
                 },
             }
-            match ready!(poll_read_some(&r.stream, &mut r.buf, cx)) {
+            match ready!(r.side.poll_fill(cx)) {
                 Ok(0) => return this.fail("the client closed the connection before its end"),
                 Ok(_) => {}
                 Err(e) => return this.fail(e.to_string()),
@@ -738,12 +758,12 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         self.reading
             .as_ref()
-            .is_none_or(|r| matches!(r.framing, Framing::Done | Framing::Length(0)))
+            .is_none_or(|r| matches!(r.framing, Framing::Length(0)))
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.reading.as_deref().map(|r| &r.framing) {
-            None | Some(Framing::Done) => SizeHint::with_exact(0),
+            None => SizeHint::with_exact(0),
             Some(Framing::Length(n)) => SizeHint::with_exact(*n),
             Some(Framing::Chunked(_)) => SizeHint::default(),
         }
