@@ -150,7 +150,9 @@ impl UpstreamClient {
                 } else {
                     parts.headers.clone()
                 };
-                match client.request(up).await {
+                // Boxed: hyper's request future would otherwise double the size of every
+                // request's future, HTTP/1.1 ones included.
+                match Box::pin(client.request(up)).await {
                     Ok(r) => Ok(r.map(|b| b.map_err(BodyError::from).boxed())),
                     Err(e) if e.is_connect() => Err(SendFailure::Connect),
                     Err(_) => Err(SendFailure::Reset),
@@ -892,7 +894,18 @@ async fn handle(
             local_reply(StatusCode::NOT_FOUND, "")
         }
         Some(route) => {
-            match authorize(&shared, &config, &hcm, route, &mut parts, peer, local).await {
+            // The check's gRPC call is most of a request's future: kept off the stack (and
+            // out of every request's future) unless the filter is there.
+            let denied = match hcm.ext_authz {
+                Some(_) => {
+                    Box::pin(authorize(
+                        &shared, &config, &hcm, route, &mut parts, peer, local,
+                    ))
+                    .await
+                }
+                None => None,
+            };
+            match denied {
                 Some(denied) => denied,
                 None => {
                     let cors = route
@@ -1121,9 +1134,9 @@ async fn route_request(
             // Envoy answers an upgrade the route does not allow with 403.
             return local_reply(StatusCode::FORBIDDEN, "");
         }
-        return websocket(
+        return Box::pin(websocket(
             shared, config, &cluster, route, forward, parts, local, entry,
-        )
+        ))
         .await;
     }
     // `te: trailers` is end-to-end in practice: gRPC needs it to reach the server.
