@@ -431,7 +431,8 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     let mut keep_alive = version == Version::HTTP_11;
     let mut content_length = None;
     let mut chunked = false;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Room for what the proxy adds (x-envoy-upstream-service-time, the route's headers).
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 4);
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| format!("invalid header name {:?}", h.name))?;

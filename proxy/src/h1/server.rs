@@ -581,7 +581,9 @@ pub(crate) fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, Head
     let mut chunked = false;
     let mut connection_upgrade = false;
     let mut expects_continue = false;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Room for what the proxy adds (request id, forwarded-*, the route's headers) without
+    // growing the map per request.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 8);
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| HeadError::bad(format!("invalid header name {:?}", h.name)))?;
