@@ -254,14 +254,18 @@ enum Outgoing {
     UntilClose,
 }
 
-/// Writes `response`; `Ok(keep_alive)` when it went out whole, `Err` when the connection
-/// failed or the body did (the client cannot tell the message ended: the connection closes).
+/// A response that could not go out whole (the connection or the body failed, or the body
+/// did not match its length): the client cannot tell where the message ends, so the
+/// connection closes.
+struct Cut;
+
+/// Writes `response`; `Ok(keep_alive)` when it went out whole.
 async fn write_response<B>(
     stream: &OwnedWriteHalf,
     out: &mut BytesMut,
     response: Response<B>,
     request: ResponseContext,
-) -> Result<bool, ()>
+) -> Result<bool, Cut>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -339,7 +343,7 @@ where
         return write_all(stream, out)
             .await
             .map(|()| keep_alive)
-            .map_err(drop);
+            .map_err(|_| Cut);
     }
     loop {
         // Frames that are ready now go out in one write with what is pending; the task
@@ -350,7 +354,7 @@ where
             match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
-                    write_all(stream, out).await.map_err(drop)?;
+                    write_all(stream, out).await.map_err(|_| Cut)?;
                     out.clear();
                     continue;
                 }
@@ -362,7 +366,7 @@ where
                 // Flush what the client can still use, then close: the message is cut.
                 tracing::debug!(error = %e, "response body failed; closing the connection");
                 let _ = write_all(stream, out).await;
-                return Err(());
+                return Err(Cut);
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) if data.is_empty() => {}
@@ -374,7 +378,7 @@ where
                         if n < data.len() {
                             tracing::debug!("response body longer than its content-length");
                             let _ = write_all(stream, out).await;
-                            return Err(());
+                            return Err(Cut);
                         }
                     }
                     Outgoing::Chunked => {
@@ -391,7 +395,7 @@ where
             },
         }
         if out.len() >= WRITE_BATCH {
-            write_all(stream, out).await.map_err(drop)?;
+            write_all(stream, out).await.map_err(|_| Cut)?;
             out.clear();
         }
     }
@@ -400,12 +404,12 @@ where
         Outgoing::Length(left) if left > 0 => {
             tracing::debug!(left, "response body shorter than its content-length");
             let _ = write_all(stream, out).await;
-            return Err(());
+            return Err(Cut);
         }
         _ => {}
     }
     if !out.is_empty() {
-        write_all(stream, out).await.map_err(drop)?;
+        write_all(stream, out).await.map_err(|_| Cut)?;
     }
     Ok(keep_alive)
 }
