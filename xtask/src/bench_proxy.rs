@@ -845,6 +845,26 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// The smallest and largest of the values that are numbers (NaN when none is).
+fn min_max(values: impl IntoIterator<Item = f64>) -> (f64, f64) {
+    values
+        .into_iter()
+        .filter(|v| !v.is_nan())
+        .fold((f64::NAN, f64::NAN), |(lo, hi), v| (lo.min(v), hi.max(v)))
+}
+
+/// keel-proxy's value over Envoy's round by round (the candidates ran interleaved, so each
+/// pair saw the same machine): the smallest and largest ratio, `None` without pairs.
+fn round_ratios(keel: &[f64], envoy: &[f64]) -> Option<(f64, f64)> {
+    let ratios = keel
+        .iter()
+        .zip(envoy)
+        .filter(|&(k, e)| *e > 0.0 && !k.is_nan())
+        .map(|(k, e)| k / e);
+    let (lo, hi) = min_max(ratios);
+    (!lo.is_nan()).then_some((lo, hi))
+}
+
 /// nginx as a plain L7 hop: one process (no master, so its pid is the one measured),
 /// keep-alive upstream connections, no access log.
 fn nginx_config(dir: &Path) -> Result<PathBuf> {
@@ -1211,6 +1231,15 @@ fn report(root: &Path, runs: &[Row], repeats: usize, sidecars_failed: bool) -> R
             format!("{v:.0}")
         }
     };
+    let values = |(name, path, protocol): Cell<'_>, f: &dyn Fn(&Row) -> f64| -> Vec<f64> {
+        runs.iter()
+            .filter(|r| r.candidate == name && r.path == path && r.protocol == protocol)
+            .map(f)
+            .collect()
+    };
+    let mut spread = format!(
+        "\nSpread over the {repeats} rounds (smallest–largest):\n\n| candidate | path | protocol | p50 µs | p99 µs | CPU s/1000 req | max rps (1 core) |\n|---|---|---|---|---|---|---|\n"
+    );
     let mut json = Vec::new();
     let mut table = String::from(
         "| candidate | path | protocol | rps | p50 µs | p90 µs | p99 µs | max µs | added p50 | added p90 | added p99 | CPU s/1000 req | RSS idle KiB | RSS end KiB | max rps (1 core) | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
@@ -1245,12 +1274,38 @@ fn report(root: &Path, runs: &[Row], repeats: usize, sidecars_failed: bool) -> R
             cell_text(added[1]),
             cell_text(added[2]),
         ));
+        let [p50_range, p99_range, cpu_range, max_rps_range] = [
+            min_max(values(cell, &|r| r.p50)),
+            min_max(values(cell, &|r| r.p99)),
+            min_max(values(cell, &|r| r.cpu_s_per_1000)),
+            min_max(values(cell, &|r| r.max_rps)),
+        ];
+        let span = |(lo, hi): (f64, f64), digits: usize| {
+            if lo.is_nan() {
+                "n/a".to_owned()
+            } else {
+                format!("{lo:.digits$}–{hi:.digits$}")
+            }
+        };
+        spread.push_str(&format!(
+            "| {name} | {path} | {protocol} | {} | {} | {} | {} |\n",
+            span(p50_range, 0),
+            span(p99_range, 0),
+            span(cpu_range, 4),
+            span(max_rps_range, 0),
+        ));
+        let json_range = |(lo, hi): (f64, f64), digits: usize| {
+            format!("[{},{}]", num(lo, digits), num(hi, digits))
+        };
         json.push(format!(
-            "{{\"candidate\":\"{name}\",\"path\":\"{path}\",\"tls\":false,\"protocol\":\"{protocol}\",\"rps_target\":{RATE},\"rps_achieved\":{rps:.1},\"p50_us\":{p50:.1},\"p90_us\":{p90:.1},\"p99_us\":{p99:.1},\"max_us\":{max:.1},\"added_p50_us\":{},\"added_p90_us\":{},\"added_p99_us\":{},\"cpu_s_per_1000\":{},\"rss_idle_kb\":{rss_idle:.0},\"rss_end_kb\":{rss_end:.0},\"rss_hwm_kb\":{hwm:.0},\"max_rps\":{max_rps:.0},\"errors\":{errors},\"repeats\":{repeats}}}",
+            "{{\"candidate\":\"{name}\",\"path\":\"{path}\",\"tls\":false,\"protocol\":\"{protocol}\",\"rps_target\":{RATE},\"rps_achieved\":{rps:.1},\"p50_us\":{p50:.1},\"p90_us\":{p90:.1},\"p99_us\":{p99:.1},\"max_us\":{max:.1},\"added_p50_us\":{},\"added_p90_us\":{},\"added_p99_us\":{},\"cpu_s_per_1000\":{},\"rss_idle_kb\":{rss_idle:.0},\"rss_end_kb\":{rss_end:.0},\"rss_hwm_kb\":{hwm:.0},\"max_rps\":{max_rps:.0},\"errors\":{errors},\"repeats\":{repeats},\"p50_us_range\":{},\"p99_us_range\":{},\"cpu_s_per_1000_range\":{}}}",
             num(added[0], 1),
             num(added[1], 1),
             num(added[2], 1),
             num(cpu, 5),
+            json_range(p50_range, 1),
+            json_range(p99_range, 1),
+            json_range(cpu_range, 5),
         ));
     }
     let ratio = |a: f64, b: f64| {
@@ -1286,8 +1341,15 @@ fn report(root: &Path, runs: &[Row], repeats: usize, sidecars_failed: bool) -> R
                     ratio(k(&|r| r.p99), e(&|r| r.p99)),
                 )
             };
+            let cpu_rounds = match round_ratios(
+                &values(("keel-proxy", path, protocol), &|r| r.cpu_s_per_1000),
+                &values(("envoy", path, protocol), &|r| r.cpu_s_per_1000),
+            ) {
+                Some((lo, hi)) if repeats > 1 => format!(" (round by round {lo:.2}–{hi:.2}x)"),
+                _ => String::new(),
+            };
             summary.push_str(&format!(
-                "\n{path} ({protocol}): keel-proxy / Envoy (goal in brackets): {latency}, CPU per 1000 requests {} [≤0.33x], RSS at the end {} [≤0.2x], max throughput {} [≥1.5x].",
+                "\n{path} ({protocol}): keel-proxy / Envoy (goal in brackets): {latency}, CPU per 1000 requests {}{cpu_rounds} [≤0.33x], RSS at the end {} [≤0.2x], max throughput {} [≥1.5x].",
                 ratio(k(&|r| r.cpu_s_per_1000), e(&|r| r.cpu_s_per_1000)),
                 ratio(k(&|r| r.rss_end_kb as f64), e(&|r| r.rss_end_kb as f64)),
                 ratio(k(&|r| r.max_rps), e(&|r| r.max_rps)),
@@ -1302,7 +1364,29 @@ fn report(root: &Path, runs: &[Row], repeats: usize, sidecars_failed: bool) -> R
     }
     let out = root.join("target/bench");
     std::fs::write(out.join("proxy.json"), format!("[{}]\n", json.join(",\n")))?;
-    std::fs::write(out.join("proxy.md"), format!("{table}{summary}"))?;
-    println!("{table}{summary}\nwritten to target/bench/proxy.json and target/bench/proxy.md");
+    if repeats < 2 {
+        spread = String::new();
+    }
+    std::fs::write(out.join("proxy.md"), format!("{table}{spread}{summary}"))?;
+    println!(
+        "{table}{spread}{summary}\nwritten to target/bench/proxy.json and target/bench/proxy.md"
+    );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreads_skip_missing_values_and_pair_rounds_in_order() {
+        let (lo, hi) = min_max([0.3, f64::NAN, 0.1, 0.2]);
+        assert_eq!((lo, hi), (0.1, 0.3));
+        assert!(min_max([f64::NAN]).0.is_nan());
+        // Round i of one candidate against round i of the other, not smallest against largest.
+        let (lo, hi) = round_ratios(&[1.0, 2.0, 3.0], &[4.0, 4.0, 6.0]).unwrap();
+        assert_eq!((lo, hi), (0.25, 0.5));
+        assert_eq!(round_ratios(&[1.0], &[0.0]), None);
+        assert_eq!(round_ratios(&[], &[]), None);
+    }
 }
