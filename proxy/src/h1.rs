@@ -480,7 +480,8 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     }))
 }
 
-/// How a response's body is delimited (RFC 9112, section 6.3).
+/// How a message's body is delimited (RFC 9112, section 6.3): a response's here, a
+/// request's in [`server`] (which never reads until the close).
 #[derive(Debug)]
 enum Framing {
     /// Bytes left of a content-length body.
@@ -494,6 +495,37 @@ enum Framing {
 impl Framing {
     fn is_done(&self) -> bool {
         matches!(self, Framing::Done | Framing::Length(0))
+    }
+}
+
+/// What the buffered bytes give of a body.
+enum Step {
+    /// Data; the body ended with it when the framing is done.
+    Data(Bytes),
+    /// The trailers, which end the body.
+    Trailers(HeaderMap),
+    End,
+    NeedMore,
+}
+
+/// The next step of a body framed by `framing` from what `buf` holds (one decoder for the
+/// upstream response bodies and the downstream request bodies).
+fn decode_body(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, String> {
+    match framing {
+        Framing::Done | Framing::Length(0) => Ok(Step::End),
+        Framing::Length(_) | Framing::UntilClose if buf.is_empty() => Ok(Step::NeedMore),
+        Framing::Length(left) => {
+            let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+            *left -= n as u64;
+            Ok(Step::Data(buf.split_to(n).freeze()))
+        }
+        Framing::UntilClose => Ok(Step::Data(buf.split().freeze())),
+        Framing::Chunked(state) => Ok(match decode_chunked(state, buf)? {
+            Decoded::Data(data) => Step::Data(data),
+            Decoded::Trailers(trailers) => Step::Trailers(trailers),
+            Decoded::End => Step::End,
+            Decoded::NeedMore => Step::NeedMore,
+        }),
     }
 }
 
@@ -582,45 +614,23 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         loop {
-            match &mut this.framing {
-                Framing::Done => return Poll::Ready(None),
-                Framing::Length(0) => {
+            match decode_body(&mut this.framing, &mut this.buf) {
+                Ok(Step::Data(data)) => {
+                    if this.framing.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Step::Trailers(trailers)) => {
+                    this.finish();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                Ok(Step::End) => {
                     this.finish();
                     return Poll::Ready(None);
                 }
-                Framing::Length(left) => {
-                    if !this.buf.is_empty() {
-                        let n = this
-                            .buf
-                            .len()
-                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                        *left -= n as u64;
-                        let data = this.buf.split_to(n).freeze();
-                        if *left == 0 {
-                            this.finish();
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                Framing::UntilClose => {
-                    if !this.buf.is_empty() {
-                        let data = this.buf.split().freeze();
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                Framing::Chunked(state) => match decode_chunked(state, &mut this.buf) {
-                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Ok(Decoded::Trailers(trailers)) => {
-                        this.finish();
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                    }
-                    Ok(Decoded::End) => {
-                        this.finish();
-                        return Poll::Ready(None);
-                    }
-                    Ok(Decoded::NeedMore) => {}
-                    Err(reason) => return this.fail(reason),
-                },
+                Ok(Step::NeedMore) => {}
+                Err(reason) => return this.fail(reason),
             }
             match ready!(this.poll_fill(cx)) {
                 Ok(true) => {}

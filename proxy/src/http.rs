@@ -487,6 +487,25 @@ struct ConnectionService {
 }
 
 impl ConnectionService {
+    fn new(
+        shared: Arc<Shared>,
+        listener: &str,
+        chain: &crate::model::ChainMatch,
+        accepted: Arc<HttpManager>,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> ConnectionService {
+        ConnectionService {
+            shared,
+            listener: listener.into(),
+            chain: chain.clone(),
+            accepted,
+            current: Mutex::new(None),
+            peer,
+            local,
+        }
+    }
+
     fn call(
         &self,
         req: Request<Downstream>,
@@ -547,15 +566,9 @@ pub async fn serve_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = Arc::new(ConnectionService {
-        shared,
-        listener: listener.into(),
-        chain: chain.clone(),
-        accepted: hcm,
-        current: Mutex::new(None),
-        peer,
-        local,
-    });
+    let service = Arc::new(ConnectionService::new(
+        shared, listener, chain, hcm, peer, local,
+    ));
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.into_hyper());
     if let Err(e) = conn.await {
@@ -575,15 +588,7 @@ pub async fn serve_plain_connection(
     peer: SocketAddr,
     local: SocketAddr,
 ) {
-    let service = ConnectionService {
-        shared,
-        listener: listener.into(),
-        chain: chain.clone(),
-        accepted: hcm,
-        current: Mutex::new(None),
-        peer,
-        local,
-    };
+    let service = ConnectionService::new(shared, listener, chain, hcm, peer, local);
     let served =
         crate::h1::server::serve(stream, |req| service.call(req.map(Downstream::H1))).await;
     if let crate::h1::server::Served::Http2(io) = served {

@@ -41,7 +41,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::{Chunked, Decoded, MAX_HEADERS, READ_CHUNK, decode_chunked, poll_read_some};
+use super::{Chunked, Framing, MAX_HEADERS, READ_CHUNK, Step, decode_body, poll_read_some};
 use crate::body::BodyError;
 
 /// The largest request head read (Envoy's default max_request_headers_kb).
@@ -683,13 +683,6 @@ struct Reading {
     home: Arc<Mutex<Option<ReadSide>>>,
 }
 
-#[derive(Debug)]
-enum Framing {
-    /// Bytes left of a content-length body.
-    Length(u64),
-    Chunked(Chunked),
-}
-
 impl RequestBody {
     /// The body ended: the reading side goes back for the next request.
     fn finish(&mut self) {
@@ -722,36 +715,23 @@ impl Body for RequestBody {
             let Some(r) = this.reading.as_deref_mut() else {
                 return Poll::Ready(None);
             };
-            let buf = &mut r.side.buf;
-            match &mut r.framing {
-                Framing::Length(0) => {
+            match decode_body(&mut r.framing, &mut r.side.buf) {
+                Ok(Step::Data(data)) => {
+                    if r.framing.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Step::Trailers(trailers)) => {
+                    this.finish();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                Ok(Step::End) => {
                     this.finish();
                     return Poll::Ready(None);
                 }
-                Framing::Length(left) => {
-                    if !buf.is_empty() {
-                        let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                        *left -= n as u64;
-                        let data = buf.split_to(n).freeze();
-                        if *left == 0 {
-                            this.finish();
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                Framing::Chunked(state) => match decode_chunked(state, buf) {
-                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Ok(Decoded::Trailers(trailers)) => {
-                        this.finish();
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                    }
-                    Ok(Decoded::End) => {
-                        this.finish();
-                        return Poll::Ready(None);
-                    }
-                    Ok(Decoded::NeedMore) => {}
-                    Err(reason) => return this.fail(reason),
-                },
+                Ok(Step::NeedMore) => {}
+                Err(reason) => return this.fail(reason),
             }
             match ready!(r.side.poll_fill(cx)) {
                 Ok(0) => return this.fail("the client closed the connection before its end"),
@@ -762,16 +742,15 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.reading
-            .as_ref()
-            .is_none_or(|r| matches!(r.framing, Framing::Length(0)))
+        self.reading.as_ref().is_none_or(|r| r.framing.is_done())
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.reading.as_deref().map(|r| &r.framing) {
             None => SizeHint::with_exact(0),
             Some(Framing::Length(n)) => SizeHint::with_exact(*n),
-            Some(Framing::Chunked(_)) => SizeHint::default(),
+            Some(Framing::Done) => SizeHint::with_exact(0),
+            Some(Framing::Chunked(_) | Framing::UntilClose) => SizeHint::default(),
         }
     }
 }
@@ -851,6 +830,7 @@ impl AsyncWrite for Rewind {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{Decoded, decode_chunked};
     use super::*;
     use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
